@@ -1,0 +1,195 @@
+"""Datasets. Every loader returns an ImageData: all images decoded once into a uint8 tensor
+(N, C, H, W) at the requested size, plus labels, so a training step does no file I/O.
+Values reach the model in [-1, 1] through to_model() and come back through to_uint8(): the one
+place where that range is decided.
+
+    python data.py --data maps --stats          # counts, class balance, mean/std, grids
+"""
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_SIZE = {"maps": 64, "coffee": 64, "mnist": 28, "cifar10": 32, "flowers102": 64, "folder": 32}
+DATASETS = tuple(DEFAULT_SIZE)
+
+
+class DataError(Exception):
+    """Bad or missing data; the message says what and how to fix it (scripts print it, exit 2)."""
+
+
+@dataclass
+class ImageData:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,), all zero when unlabelled
+    class_names: list = field(default_factory=list)  # empty: unconditional data
+    augment: str = "none"  # none | flip | flip_rot90 (decided per dataset: never flip digits)
+    name: str = ""
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def channels(self):
+        return self.images.shape[1]
+
+    @property
+    def size(self):
+        return self.images.shape[-1]
+
+    def __len__(self):
+        return len(self.images)
+
+
+def to_model(x_uint8):
+    return x_uint8.float().div(127.5).sub(1)
+
+
+def to_uint8(x):
+    return x.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def augment_batch(x, kind, gen):
+    """Random flips (and 90° rotations for overhead imagery) on a batch, per sample, with gen."""
+    if kind == "none":
+        return x
+    b = x.shape[0]
+    r = torch.rand(b, 3, generator=gen, device=gen.device).to(x.device)
+    x = torch.where((r[:, 0] < 0.5)[:, None, None, None], x.flip(-1), x)
+    if kind == "flip_rot90":
+        x = torch.where((r[:, 1] < 0.5)[:, None, None, None], x.flip(-2), x)
+        x = torch.where((r[:, 2] < 0.5)[:, None, None, None], x.transpose(-1, -2), x)  # with flips: all 8 symmetries
+    return x
+
+
+# ---- maps: the embedded default ---------------------------------------------------------------
+
+MAP_CLASSES = ["mostly land", "mostly water"]
+
+
+def _fractal(b, n, octaves, persistence, gen, base=2):
+    """Value-noise fBm: bicubic-upsampled random grids, coarse to fine, summed. (b, 1, n, n) in [0, 1]."""
+    total = torch.zeros(b, 1, n, n)
+    amp = 1.0
+    for k in range(octaves):
+        g = base * 2 ** k + 1
+        grid = torch.rand(b, 1, g, g, generator=gen)
+        total += amp * F.interpolate(grid, size=(n, n), mode="bicubic", align_corners=True)
+        amp *= persistence
+    lo = total.amin(dim=(2, 3), keepdim=True)
+    hi = total.amax(dim=(2, 3), keepdim=True)
+    return (total - lo) / (hi - lo + 1e-8)
+
+
+def _blend(a, b, w):
+    return a + (b - a) * w
+
+
+def _color(rgb):
+    return torch.tensor(rgb).view(1, 3, 1, 1)
+
+
+def make_maps(n_images, size=64, seed=0, batch=256):
+    """Procedural Earth-like terrain tiles seen from above: fractal elevation and moisture ->
+    deep/shallow water, beach, dry land, grass, forest, rock, snow, lit by a hillshade.
+    Label 1 = mostly water. The sea level is the q-quantile of the elevation with q ~ U(0.05, 0.95),
+    so the water share is q and the two classes are balanced. Deterministic in (seed, index)."""
+    images, labels = [], []
+    gen = torch.Generator().manual_seed(seed)
+    octaves = max(3, size.bit_length() - 1)
+    for start in range(0, n_images, batch):
+        b = min(batch, n_images - start)
+        elev = _fractal(b, size, octaves, 0.5, gen)
+        moist = _fractal(b, size, octaves - 2, 0.45, gen)
+        q = 0.05 + 0.9 * torch.rand(b, generator=gen)
+        ranked = elev.flatten(1).sort(dim=1).values
+        sea = ranked.gather(1, (q * (size * size - 1)).long()[:, None]).view(b, 1, 1, 1)
+        depth = ((sea - elev) / sea.clamp(min=1e-3)).clamp(0, 1)
+        h = ((elev - sea) / (1 - sea).clamp(min=1e-3)).clamp(0, 1)  # height above the sea, 0..1
+        snowline = 0.75 + 0.2 * torch.rand(b, 1, 1, 1, generator=gen)
+        soft = lambda v, at, width: torch.sigmoid((v - at) / width)
+
+        water = _blend(_color([0.22, 0.47, 0.66]), _color([0.05, 0.14, 0.34]), depth.sqrt())
+        lowland = _blend(_color([0.78, 0.72, 0.48]), _color([0.42, 0.62, 0.28]), soft(moist, 0.35, 0.05))
+        lowland = _blend(lowland, _color([0.13, 0.36, 0.17]), soft(moist, 0.6, 0.05))  # forest where wet
+        land = _blend(lowland, _color([0.45, 0.41, 0.36]), soft(h, snowline - 0.25, 0.04))  # rock
+        land = _blend(land, _color([0.95, 0.95, 0.97]), soft(h, snowline, 0.02))  # snow
+        land = _blend(_color([0.86, 0.8, 0.6]), land, soft(h, 0.025, 0.008))  # beach at the waterline
+        # Hillshade: light from the north-west on the elevation gradient (land only).
+        gy, gx = torch.gradient(elev[:, 0], dim=(1, 2))
+        shade = (1 + 6.0 * (gy + gx) * size / 64).clamp(0.6, 1.3)[:, None]
+        land = land * shade
+        is_land = soft(elev, sea, 0.004)
+        img = _blend(water, land, is_land)
+        img = img + 0.02 * torch.randn(img.shape, generator=gen)  # sensor grain
+        images.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
+        labels.append((q > 0.5).long())
+    return ImageData(torch.cat(images), torch.cat(labels), list(MAP_CLASSES), "flip_rot90", "maps")
+
+
+# ---- loading by name --------------------------------------------------------------------------
+
+def load_data(name, root=None, size=None, split="train", folds=None, download=False, n_maps=10000, seed=0):
+    """Load a dataset by name as an ImageData at `size` (the dataset's default size when None)."""
+    if name not in DEFAULT_SIZE:
+        raise DataError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    size = size or DEFAULT_SIZE[name]
+    if name == "maps":
+        # Train and test tiles come from disjoint seeds.
+        return make_maps(n_maps if split == "train" else max(1, n_maps // 5), size, seed=seed + (0 if split == "train" else 10**6))
+    raise DataError(f"dataset '{name}' is not available yet")
+
+
+def add_data_args(p):
+    p.add_argument("--data", default="maps", help=f"dataset: {', '.join(DATASETS)} (default maps, generated offline)")
+    p.add_argument("--data-root", default="data", help="where real datasets live / download to (default ./data)")
+    p.add_argument("--size", type=int, default=None, help="image size (default: the dataset's own, e.g. 28 for mnist)")
+    p.add_argument("--folds", default=None, help="coffee only: comma-separated folds, e.g. 1,2,3 (default all)")
+    p.add_argument("--download", action="store_true", help="download the dataset if it is missing (needs internet)")
+    p.add_argument("--n-maps", type=int, default=10000, help="maps only: number of generated training tiles")
+    return p
+
+
+def data_from_args(args, split="train"):
+    folds = [int(f) for f in args.folds.split(",")] if getattr(args, "folds", None) else None
+    return load_data(args.data, args.data_root, args.size, split=split, folds=folds, download=args.download,
+                     n_maps=args.n_maps)
+
+
+def main():
+    p = add_data_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--stats", action="store_true", help="print statistics and write grids")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", default=None, help="folder for the grids (default runs/data_<name>)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    try:
+        data = data_from_args(args, args.split)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    from torchvision.utils import save_image
+    out = args.out or os.path.join("runs", f"data_{args.data}")
+    os.makedirs(out, exist_ok=True)
+    x = data.images.float() / 255
+    print(f"{args.data} ({args.split}): {len(data)} images, {data.channels}x{data.size}x{data.size}")
+    if data.num_classes:
+        counts = torch.bincount(data.labels, minlength=data.num_classes)
+        for i, (name, c) in enumerate(zip(data.class_names, counts.tolist())):
+            print(f"  class {i} {name!r}: {c} ({100 * c / len(data):.1f}%)")
+    print("  per-channel mean:", [round(v, 4) for v in x.mean(dim=(0, 2, 3)).tolist()])
+    print("  per-channel std: ", [round(v, 4) for v in x.std(dim=(0, 2, 3)).tolist()])
+    gen = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(data), generator=gen)[:64]
+    save_image(x[idx], os.path.join(out, "grid_original.png"), nrow=8, padding=1)
+    aug = augment_batch(x[idx[:8]].repeat_interleave(8, 0) * 2 - 1, data.augment, gen)
+    save_image(aug * 0.5 + 0.5, os.path.join(out, "grid_augmented.png"), nrow=8, padding=1)
+    print(f"wrote {out}/grid_original.png and {out}/grid_augmented.png (each row: one image, 8 augmentations)")
+
+
+if __name__ == "__main__":
+    main()

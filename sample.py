@@ -1,0 +1,244 @@
+"""Sample a trained checkpoint.
+
+    python sample.py --ckpt runs/ddpm_maps64/ckpt.pt --sampler ddim --steps 50 --n 64
+
+Samplers are small pure functions of a denoiser d(x, t) -> (x0, eps, v) and a schedule:
+DDPM ancestral (all T steps or respaced), DDIM (eta) and DPM-Solver++(2M). Image i always gets
+the noise of seed (seed, i), so an image does not change with the batch size.
+Writes grid.png, images/NNNNN.png and samples.npz (uint8, N x H x W x C) to --out.
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from cli import UserError, add_run_args, autocast, resolve_device, resolve_precision, run_cli
+from data import to_uint8
+from schedules import Schedule
+
+SAMPLERS = ("ancestral", "ddim", "dpmpp2m")
+
+
+class PerImageNoise:
+    """Gaussian noise where image i's draws depend only on (seed, i), never on the batch."""
+
+    def __init__(self, seed, indices, shape, device):
+        self.gens = [torch.Generator().manual_seed(seed * 1_000_003 + int(i)) for i in indices]
+        self.shape, self.device = shape, device
+
+    def __call__(self):
+        return torch.stack([torch.randn(self.shape, generator=g) for g in self.gens]).to(self.device)
+
+
+def timesteps_for(T, steps):
+    """`steps` increasing integer timesteps from 0 to T-1, evenly spaced (all of them when steps >= T)."""
+    if steps >= T:
+        return torch.arange(T)
+    return torch.linspace(0, T - 1, steps).round().long().unique()
+
+
+# ---- samplers: x is x_T (pure noise); timesteps increasing; each returns x_0 ------------------
+
+def sample_ancestral(denoise, sched, x, timesteps, noise, callback=None):
+    """DDPM ancestral sampling (Ho et al. eq. 11) on the respaced schedule of `timesteps`:
+    x_{t-1} ~ q(x_{t-1} | x_t, x0_hat), with the learned variance when the model has one."""
+    sub = Schedule.respaced(sched, timesteps)
+    for i in reversed(range(len(timesteps))):
+        ti = torch.full((x.shape[0],), i, dtype=torch.long)
+        x0, _, v = denoise(x, timesteps[i])
+        mean, logvar = sub.posterior(x0, x, ti)
+        if v is not None:
+            logvar = sub.model_logvar(v, ti, x)
+        x = mean + (0.5 * logvar).exp() * noise() if i > 0 else mean
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def sample_ddim(denoise, sched, x, timesteps, noise, eta=0.0, callback=None):
+    """DDIM (Song et al. eq. 12): eta=0 deterministic, eta=1 equals ancestral sampling."""
+    abar = sched.abar[timesteps].tolist()
+    for i in reversed(range(len(timesteps))):
+        x0, eps, _ = denoise(x, timesteps[i])
+        a_t, a_prev = abar[i], (abar[i - 1] if i > 0 else 1.0)
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+        x = a_prev ** 0.5 * x0 + (1 - a_prev - sigma ** 2) ** 0.5 * eps
+        if sigma > 0:
+            x = x + sigma * noise()
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def sample_dpmpp_2m(denoise, sched, x, timesteps, noise=None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in data prediction, λ = log(α/σ); the last step
+    lands on x0 (σ = 0), as in k-diffusion."""
+    abar = sched.abar[timesteps]
+    alpha, sigma = abar.sqrt().tolist(), (1 - abar).sqrt().tolist()
+    lam = [np.log(a / s) for a, s in zip(alpha, sigma)]
+    x0_prev, h_prev = None, None
+    for i in reversed(range(len(timesteps))):
+        x0, _, _ = denoise(x, timesteps[i])
+        if i == 0:
+            x = x0
+        else:
+            h = lam[i - 1] - lam[i]
+            d = x0 if x0_prev is None else (1 + h_prev / (2 * h)) * x0 - h_prev / (2 * h) * x0_prev
+            x = (sigma[i - 1] / sigma[i]) * x - alpha[i - 1] * np.expm1(-h) * d
+            x0_prev, h_prev = x0, h
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def make_denoiser(model, sched, pred, labels=None, cfg=None, num_classes=0, clip=True):
+    """d(x, t) -> (x0, eps, v): the network's output turned into x0 and eps (x0 clipped to
+    [-1, 1] and eps recomputed from it), v = raw learned-variance output or None. With labels and a
+    cfg scale w: out = out_uncond + w (out_cond - out_uncond), so w = 0 is unconditional."""
+    def denoise(x, t):
+        b = x.shape[0]
+        tt = torch.full((b,), int(t), device=x.device)
+        if cfg is not None and labels is not None and cfg != 1.0:
+            null = torch.full_like(labels, num_classes)
+            out = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])).float()
+            cond, unc = out.chunk(2)
+            c = x.shape[1]
+            mean_out = unc[:, :c] + cfg * (cond[:, :c] - unc[:, :c])
+            out = torch.cat([mean_out, cond[:, c:]], dim=1)
+        else:
+            out = model(x, tt, labels).float()
+        c = x.shape[1]
+        v = out[:, c:] if out.shape[1] == 2 * c else None
+        x0, eps = sched.x0_eps(pred, out[:, :c], x, torch.full((b,), int(t)), clip=clip)
+        return x0, eps, v
+    return denoise
+
+
+def run_sampler(name, denoise, sched, x, timesteps, noise, eta=0.0, callback=None):
+    if name == "ancestral":
+        return sample_ancestral(denoise, sched, x, timesteps, noise, callback)
+    if name == "ddim":
+        return sample_ddim(denoise, sched, x, timesteps, noise, eta, callback)
+    if name == "dpmpp2m":
+        return sample_dpmpp_2m(denoise, sched, x, timesteps, noise, callback)
+    raise UserError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
+
+
+@torch.no_grad()
+def generate_ddpm(model, sched, pred, n, device, sampler="ddim", steps=50, eta=0.0, labels=None, cfg=None,
+                  seed=0, batch=256, precision="fp32", first_index=0, progress=False, snapshots=None):
+    """n images in [-1, 1] (float32, CPU). Image k uses the noise of (seed, first_index + k)."""
+    model.eval()
+    c, s = model.in_ch, model.size
+    ts = timesteps_for(sched.T, steps)
+    out = []
+    bar = tqdm(total=n, disable=not progress, unit="img", desc=f"{sampler} {len(ts)} steps")
+    for start in range(0, n, batch):
+        idx = range(first_index + start, first_index + min(n, start + batch))
+        noise = PerImageNoise(seed, idx, (c, s, s), device)
+        lab = None if labels is None else labels[start:start + len(idx)].to(device)
+        denoise = make_denoiser(model, sched, pred, lab, cfg, model.num_classes)
+        cb = None
+        if snapshots is not None and start == 0:
+            cb = lambda i, x, x0: snapshots.append((i, x.float().cpu(), x0.float().cpu()))
+        with autocast(torch.device(device), precision):
+            x = run_sampler(sampler, denoise, sched, noise(), ts, noise, eta, cb)
+        out.append(x.float().clamp(-1, 1).cpu())
+        bar.update(len(idx))
+    bar.close()
+    return torch.cat(out)
+
+
+def schedule_of(ck):
+    a = ck["args"]
+    return Schedule.make(a["schedule"], a["T"])
+
+
+def parse_labels(text, n, ck):
+    classes = ck.get("class_names") or []
+    if text is None:
+        return (torch.arange(n) % len(classes)) if classes else None
+    if not classes:
+        raise UserError("--labels given, but this checkpoint is unconditional (trained without --cond)")
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--labels '{text}': give comma-separated class indices, e.g. 0,1")
+    bad = [v for v in vals if not 0 <= v < len(classes)]
+    if bad:
+        raise UserError(f"--labels {bad}: classes are 0..{len(classes) - 1} ({', '.join(classes)})")
+    return torch.tensor(vals).repeat((n + len(vals) - 1) // len(vals))[:n]
+
+
+def save_outputs(x, out, nrow=None):
+    """grid.png, one PNG per image and samples.npz (uint8 NHWC)."""
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    u8 = to_uint8(x)
+    save_image(make_grid(u8.float() / 255, nrow=nrow or int(np.ceil(len(x) ** 0.5)), padding=1),
+               os.path.join(out, "grid.png"))
+    for i, img in enumerate(u8):
+        save_image(img.float() / 255, os.path.join(out, "images", f"{i:05d}.png"))
+    np.savez_compressed(os.path.join(out, "samples.npz"), images=u8.permute(0, 2, 3, 1).numpy())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a training run's ckpt.pt")
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--sampler", default="ddim", help=f"DDPM: {', '.join(SAMPLERS)}")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (NFE; x2 with CFG)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
+    p.add_argument("--labels", default=None, help="comma-separated class indices, cycled (default: all classes in turn)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--progression", action="store_true", help="also write progression.png (x_t and predicted x0 over time)")
+    add_run_args(p, "output folder (default <run>/samples_<sampler><steps>)")
+    args = p.parse_args()
+    run_cli(lambda: _main(args))
+
+
+def _main(args):
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    ck = load_checkpoint(args.ckpt)
+    if args.n < 1 or args.steps < 1:
+        raise UserError("--n and --steps must be positive")
+    if ck["kind"] != "ddpm":
+        from zoom import sample_zoom_cli  # Cold Zoom checkpoints have their own samplers
+        return sample_zoom_cli(args, ck, device, precision)
+    if args.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler '{args.sampler}' for a DDPM checkpoint; choose one of {', '.join(SAMPLERS)}")
+    model = model_from_checkpoint(ck, ema=not args.raw, device=device)
+    labels = parse_labels(args.labels, args.n, ck)
+    out = args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{args.sampler}{args.steps}")
+    snaps = [] if args.progression else None
+    t0 = time.time()
+    x = generate_ddpm(model, schedule_of(ck), ck["args"]["pred"], args.n, device, args.sampler, args.steps, args.eta,
+                      labels, args.cfg, args.seed, args.batch, precision, progress=True, snapshots=snaps)
+    dt = time.time() - t0
+    save_outputs(x, out)
+    print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {args.sampler}, {len(timesteps_for(schedule_of(ck).T, args.steps))} steps"
+          f"{', ema' if not args.raw else ', raw'}) -> {out}/grid.png, {out}/images/, {out}/samples.npz")
+    if snaps:
+        write_progression(snaps, os.path.join(out, "progression.png"))
+        print(f"progression -> {out}/progression.png (top: x_t, bottom: predicted x0; noise on the left)")
+
+
+def write_progression(snaps, path, cols=10, rows=4):
+    """Rows: images; for each image a row of x_t and a row of predicted x0, from noise (left) to data."""
+    pick = np.linspace(0, len(snaps) - 1, min(cols, len(snaps))).round().astype(int)
+    rows = min(rows, snaps[0][1].shape[0])
+    tiles = []
+    for r in range(rows):
+        tiles += [snaps[k][1][r] for k in pick] + [snaps[k][2][r] for k in pick]
+    save_image(make_grid(torch.stack(tiles).clamp(-1, 1) * 0.5 + 0.5, nrow=len(pick), padding=1), path)
+
+
+if __name__ == "__main__":
+    main()

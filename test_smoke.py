@@ -1,0 +1,352 @@
+"""The test suite: `python test_smoke.py` (pytest underneath; extra arguments go to pytest).
+
+Covers the math against closed forms, the UNet, the samplers, every script end to end on tiny
+settings, and bad input. Checks on the real datasets in ../shared/data skip when it is absent."""
+import math
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+SHARED_DATA = os.path.join(HERE, "..", "shared", "data")
+
+from nn_unet import build_unet, UNet  # noqa: E402
+from schedules import Schedule, make_betas  # noqa: E402
+import sample as S  # noqa: E402
+
+TINY = ["--preset", "tiny", "--n-maps", "128", "--batch", "16", "--n", "4", "--log-every", "2", "--device", "cpu"]
+
+
+def run(*args, ok=True, env=None, timeout=300):
+    """Run a script as a user would; returns (code, stdout+stderr)."""
+    r = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    out = r.stdout + r.stderr
+    if ok:
+        assert r.returncode == 0, out[-3000:]
+    return r.returncode, out
+
+
+def one_line_error(code, out):
+    """Bad input: exit code 2, an 'error:' line, no traceback."""
+    assert code == 2, out[-2000:]
+    assert "Traceback" not in out, out[-2000:]
+    assert "error:" in out
+
+
+# ---- schedules against closed forms ----------------------------------------------------------
+
+def test_linear_schedule_closed_form():
+    s = Schedule.make("linear", 1000)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    assert np.isclose(s.abar[-1].item(), np.prod(1 - betas), rtol=1e-10)
+    assert np.isclose(s.abar[0].item(), 1 - 1e-4)
+
+
+def test_cosine_endpoints_and_formula():
+    T, s0 = 1000, 0.008
+    s = Schedule.make("cosine", T)
+    f = lambda t: math.cos((t / T + s0) / (1 + s0) * math.pi / 2) ** 2
+    for t in (0, 10, 500, 900):  # ᾱ_t = f(t+1)/f(0) while no β is clipped
+        assert math.isclose(s.abar[t].item(), f(t + 1) / f(0), rel_tol=1e-9)
+    assert s.abar[0].item() > 0.9999 and s.abar[-1].item() < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("T", [10, 1000])
+def test_snr_monotone(kind, T):
+    s = Schedule.make(kind, T)
+    snr = s.snr()
+    assert len(snr) == T and (snr[1:] < snr[:-1]).all() and (make_betas(kind, T) > 0).all()
+
+
+def test_q_sample_and_posterior_closed_form():
+    s = Schedule.make("linear", 100)
+    x0, xt, noise = torch.randn(3, 2, 4, 4).unbind(0)
+    x0, xt, noise = x0[None], xt[None], noise[None]
+    t = torch.tensor([37])
+    ab = s.abar[37].item()
+    assert torch.allclose(s.q_sample(x0, t, noise), math.sqrt(ab) * x0 + math.sqrt(1 - ab) * noise, atol=1e-6)
+    # Bayes: q(x_{t-1}|x_t,x0) ∝ N(x_t; √α_t x_{t-1}, β_t) N(x_{t-1}; √ᾱ_{t-1} x0, 1-ᾱ_{t-1})
+    a, b, abp = s.alphas[37].item(), s.betas[37].item(), s.abar[36].item()
+    prec = a / b + 1 / (1 - abp)
+    mean = (math.sqrt(a) / b * xt + math.sqrt(abp) / (1 - abp) * x0) / prec
+    m, logvar = s.posterior(x0, xt, t)
+    assert torch.allclose(m, mean, atol=1e-5)
+    assert math.isclose(logvar.exp().flatten()[0].item(), 1 / prec, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("pred", ["eps", "x0", "v"])
+def test_prediction_conversions_roundtrip(pred):
+    s = Schedule.make("cosine", 50)
+    x0, noise = torch.randn(2, 4, 3, 8, 8).unbind(0)
+    t = torch.tensor([0, 10, 30, 49])
+    xt = s.q_sample(x0, t, noise)
+    x0_hat, eps_hat = s.x0_eps(pred, s.target(pred, x0, noise, t), xt, t)
+    assert torch.allclose(x0_hat, x0, atol=1e-3) and torch.allclose(eps_hat, noise, atol=2e-3)
+
+
+# ---- UNet ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("c,size", [(1, 28), (3, 32), (3, 64), (1, 7)])
+def test_unet_shapes(c, size):
+    m = build_unet("tiny", c, size, verbose=False)
+    x = torch.randn(2, c, size, size)
+    assert m(x, torch.tensor([0, 999])).shape == x.shape
+    m2 = build_unet("tiny", c, size, num_classes=3, learn_sigma=True, verbose=False)
+    assert m2(x, torch.tensor([1, 2]), torch.tensor([0, 3])).shape == (2, 2 * c, size, size)
+
+
+def test_small_preset_prints_parameter_count(capsys):
+    build_unet("small", 1, 28)
+    assert "M parameters" in capsys.readouterr().out
+
+
+# ---- samplers ---------------------------------------------------------------------------------
+
+class Recorded:
+    """The same noise sequence on every replay."""
+
+    def __init__(self, shape, seed=0):
+        self.shape, self.gen = shape, torch.Generator().manual_seed(seed)
+
+    def __call__(self):
+        return torch.randn(self.shape, generator=self.gen)
+
+
+def tiny_model(c=1, size=8, **kw):
+    torch.manual_seed(0)
+    m = UNet(c, size, ch=8, mults=(1, 2), blocks=1, attn_res=4, **kw).eval()
+    for p in m.parameters():  # the zero-initialised head would make every output 0
+        torch.nn.init.normal_(p, std=0.05)
+    return m
+
+
+@pytest.mark.parametrize("learn_sigma", [False])
+def test_ddim_eta1_equals_ancestral(learn_sigma):
+    sched = Schedule.make("linear", 40)
+    m = tiny_model()
+    d = S.make_denoiser(m, sched, "eps")
+    ts = torch.arange(40)
+    snaps_a, snaps_d = [], []
+    with torch.no_grad():
+        xa = S.sample_ancestral(d, sched, Recorded((2, 1, 8, 8))(), ts, Recorded((2, 1, 8, 8), 1),
+                                callback=lambda i, x, x0: snaps_a.append(x))
+        xd = S.sample_ddim(d, sched, Recorded((2, 1, 8, 8))(), ts, Recorded((2, 1, 8, 8), 1), eta=1.0,
+                           callback=lambda i, x, x0: snaps_d.append(x))
+    for a, b in zip(snaps_a, snaps_d):  # step for step
+        assert torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(xa, xd, atol=1e-4)
+
+
+def test_respaced_ddim_eta1_equals_respaced_ancestral():
+    sched = Schedule.make("cosine", 100)
+    m = tiny_model()
+    d = S.make_denoiser(m, sched, "v")
+    ts = S.timesteps_for(100, 10)
+    with torch.no_grad():
+        xa = S.sample_ancestral(d, sched, Recorded((2, 1, 8, 8))(), ts, Recorded((2, 1, 8, 8), 1))
+        xd = S.sample_ddim(d, sched, Recorded((2, 1, 8, 8))(), ts, Recorded((2, 1, 8, 8), 1), eta=1.0)
+    assert torch.allclose(xa, xd, atol=1e-4)
+
+
+def test_samplers_recover_data_with_a_perfect_denoiser():
+    """With the true x0 every sampler ends exactly at it (one-point data distribution)."""
+    sched = Schedule.make("linear", 1000)
+    target = torch.rand(1, 1, 4, 4) * 2 - 1
+
+    def perfect(x, t):
+        tt = torch.full((x.shape[0],), int(t))
+        x0 = target.expand_as(x)
+        return x0, (x - sched._at(sched.abar.sqrt(), tt, x) * x0) / sched._at((1 - sched.abar).sqrt(), tt, x), None
+
+    for name in S.SAMPLERS:
+        x = S.run_sampler(name, perfect, sched, torch.randn(3, 1, 4, 4), S.timesteps_for(1000, 20),
+                          Recorded((3, 1, 4, 4)))
+        assert torch.allclose(x, target.expand_as(x), atol=1e-4), name
+
+
+def test_cfg_scale_zero_is_unconditional_and_one_is_conditional():
+    sched = Schedule.make("linear", 50)
+    m = tiny_model(num_classes=3)
+    x, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        guided0 = S.make_denoiser(m, sched, "eps", labels, cfg=0.0, num_classes=3)(x, 20)[0]
+        uncond = S.make_denoiser(m, sched, "eps", torch.full_like(labels, 3), num_classes=3)(x, 20)[0]
+        guided1 = S.make_denoiser(m, sched, "eps", labels, cfg=1.0, num_classes=3)(x, 20)[0]
+        cond = S.make_denoiser(m, sched, "eps", labels, num_classes=3)(x, 20)[0]
+    assert torch.allclose(guided0, uncond, atol=1e-5) and torch.allclose(guided1, cond, atol=1e-5)
+    assert not torch.allclose(uncond, cond, atol=1e-4)
+
+
+def test_images_do_not_change_with_batch_size():
+    sched = Schedule.make("linear", 20)
+    m = tiny_model()
+    a = S.generate_ddpm(m, sched, "eps", 5, "cpu", "ancestral", 20, seed=3, batch=5)
+    b = S.generate_ddpm(m, sched, "eps", 5, "cpu", "ancestral", 20, seed=3, batch=2)
+    assert torch.allclose(a, b, atol=1e-5)
+    c = S.generate_ddpm(m, sched, "eps", 2, "cpu", "ancestral", 20, seed=3, first_index=3)
+    assert torch.allclose(a[3:], c, atol=1e-5)
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opts", [dict(pred="eps"), dict(pred="v", min_snr=5.0), dict(pred="x0", learn_sigma=True)])
+def test_loss_falls_on_a_fixed_batch(opts):
+    import argparse
+    from train_ddpm import DDPM
+    from data import make_maps, to_model
+    args = argparse.Namespace(schedule="cosine", T=100, pred="eps", min_snr=0.0, learn_sigma=False, label_drop=0.1,
+                              cond=False, grid_sampler="ddim", grid_steps=5)
+    vars(args).update(opts)
+    data = make_maps(16, 16, seed=1)
+    obj = DDPM()
+    obj.setup(args, data)
+    torch.manual_seed(0)
+    m = build_unet("tiny", 3, 16, learn_sigma=args.learn_sigma, verbose=False)
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    x0 = to_model(data.images)
+
+    def loss_at(seed):
+        return obj.loss(m, x0, None, torch.Generator().manual_seed(seed), slice(None))[0].mean()
+
+    with torch.no_grad():
+        before = loss_at(123).item()
+    for i in range(60):
+        opt.zero_grad()
+        loss_at(i).backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss_at(123).item()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_train_then_sample_cli(tmp_path):
+    out = tmp_path / "run"
+    code, log = run("train_ddpm.py", *TINY, "--size", "16", "--steps", "6", "--out", str(out))
+    assert "stopped (steps) at step 6" in log and (out / "ckpt.pt").exists() and (out / "samples_final.png").exists()
+    with open(out / "log.csv") as f:
+        rows = f.read().splitlines()
+    assert rows[0].startswith("step,epoch,loss,lr,img_per_s,loss_q1") and len(rows) == 4
+    for sampler in S.SAMPLERS:
+        so = tmp_path / sampler
+        code, log = run("sample.py", "--ckpt", str(out / "ckpt.pt"), "--sampler", sampler, "--steps", "4", "--n", "5",
+                        "--out", str(so), "--device", "cpu", "--progression")
+        imgs = np.load(so / "samples.npz")["images"]
+        assert imgs.shape == (5, 16, 16, 3) and imgs.dtype == np.uint8
+        assert (so / "grid.png").exists() and (so / "progression.png").exists() and len(os.listdir(so / "images")) == 5
+
+
+def test_class_conditional_cli_with_cfg(tmp_path):
+    out = tmp_path / "run"
+    run("train_ddpm.py", *TINY, "--size", "16", "--steps", "3", "--cond", "--learn-sigma", "--out", str(out))
+    run("sample.py", "--ckpt", str(out / "ckpt.pt"), "--sampler", "ancestral", "--steps", "3", "--n", "4",
+        "--cfg", "2", "--labels", "1", "--out", str(tmp_path / "s"), "--device", "cpu")
+    code, log = run("sample.py", "--ckpt", str(out / "ckpt.pt"), "--labels", "7", "--n", "2", "--device", "cpu", ok=False)
+    one_line_error(code, log)
+
+
+def _states(path):
+    ck = torch.load(path, weights_only=True)
+    return ck["model"], ck["ema"], ck["optimizer"]["state"]
+
+
+def _assert_same(a, b):
+    for sa, sb in zip(a, b):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            va, vb = sa[k], sb[k]
+            if isinstance(va, dict):
+                _assert_same([va], [vb])
+            else:
+                assert torch.equal(torch.as_tensor(va), torch.as_tensor(vb)), k
+
+
+def test_same_seed_twice_gives_identical_checkpoints(tmp_path):
+    for name in ("a", "b"):
+        run("train_ddpm.py", *TINY, "--size", "16", "--steps", "4", "--out", str(tmp_path / name))
+    _assert_same(_states(tmp_path / "a" / "ckpt.pt"), _states(tmp_path / "b" / "ckpt.pt"))
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    # 9 batches of 16 per epoch at 150 maps: 12 steps cross an epoch boundary, 5 + 7 resumes mid-epoch.
+    common = [*TINY, "--n-maps", "150", "--size", "16", "--sample-every", "0"]
+    run("train_ddpm.py", *common, "--steps", "12", "--out", str(tmp_path / "full"))
+    run("train_ddpm.py", *common, "--steps", "5", "--out", str(tmp_path / "half"))
+    code, log = run("train_ddpm.py", *common, "--steps", "12", "--resume", "--out", str(tmp_path / "half"))
+    assert "resumed" in log and "at step 5" in log
+    _assert_same(_states(tmp_path / "full" / "ckpt.pt"), _states(tmp_path / "half" / "ckpt.pt"))
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    args = [a for a in TINY if a not in ("--n", "4")]  # torchrun's parser takes '--n' for its own flags
+    code, log = run("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "train_ddpm.py",
+                    *args, "--size", "16", "--steps", "3", "--out", str(tmp_path / "ddp"), timeout=600)
+    assert "DDP check: parameters identical on all 2 ranks: True" in log, log[-3000:]
+    assert (tmp_path / "ddp" / "ckpt.pt").exists()
+
+
+def test_main_job_defaults_are_maps_small_15_minutes():
+    import trainer
+    from train_ddpm import DDPM
+    obj = DDPM()
+    p = trainer.base_parser("x", obj.default_preset)
+    obj.add_args(p)
+    a = p.parse_args([])
+    assert a.data == "maps" and a.preset == "small" and a.minutes is None  # None -> 15 min in _train
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def test_maps_deterministic_balanced_and_in_range():
+    from data import make_maps, load_data
+    a, b = make_maps(64, 32, seed=5), make_maps(64, 32, seed=5)
+    assert torch.equal(a.images, b.images) and a.images.dtype == torch.uint8 and a.images.shape == (64, 3, 32, 32)
+    big = load_data("maps", size=16, n_maps=2000)
+    share = big.labels.float().mean().item()
+    assert 0.45 < share < 0.55 and big.num_classes == 2
+    # land tiles are mostly green/brown, water tiles mostly blue
+    x = big.images.float()
+    blue = (x[:, 2] > x[:, 0] + 20).float().mean(dim=(1, 2))
+    assert blue[big.labels == 1].mean() > 0.5 > blue[big.labels == 0].mean()
+
+
+def test_data_stats_cli(tmp_path):
+    code, log = run("data.py", "--data", "maps", "--n-maps", "200", "--size", "32", "--stats", "--out", str(tmp_path))
+    assert "class 1 'mostly water'" in log and (tmp_path / "grid_original.png").exists()
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def test_bad_input_one_line_exit_2(tmp_path):
+    one_line_error(*run("train_ddpm.py", "--data", "nope", "--steps", "1", ok=False))
+    one_line_error(*run("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--minutes", "1", ok=False))
+    one_line_error(*run("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--device", "cuda:7", ok=False))
+    one_line_error(*run("train_ddpm.py", *TINY, "--resume", "--out", str(tmp_path / "none"), ok=False))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    one_line_error(*run("sample.py", "--ckpt", str(junk), ok=False))
+    one_line_error(*run("sample.py", "--ckpt", str(tmp_path / "missing.pt"), ok=False))
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch EVIL_RAN",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"kind": "ddpm", "model_config": {}, "payload": Evil()}, evil)
+    code, log = run("sample.py", "--ckpt", str(evil), "--out", str(tmp_path / "o"), ok=False)
+    one_line_error(code, log)
+    assert "refused" in log and not os.path.exists(os.path.join(HERE, "EVIL_RAN"))
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider", *sys.argv[1:]]))
