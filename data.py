@@ -131,6 +131,176 @@ def make_maps(n_images, size=64, seed=0, batch=256):
     return ImageData(torch.cat(images), torch.cat(labels), list(MAP_CLASSES), "flip_rot90", "maps")
 
 
+# ---- real datasets -----------------------------------------------------------------------------
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+COFFEE_URL = "http://www.patreo.dcc.ufmg.br/wp-content/uploads/2017/11/brazilian_coffee_dataset.zip"
+
+
+def decode_image(path, size, mode="RGB"):
+    """One file -> uint8 (C, size, size): shorter side resized to size (antialiased), centre crop."""
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+    with Image.open(path) as img:
+        img.draft(mode, (2 * size, 2 * size))  # JPEG: decode at a reduced scale when it is much larger
+        img = img.convert(mode)
+        img = TF.center_crop(TF.resize(img, size, antialias=True), size)
+        return TF.pil_to_tensor(img)
+
+
+def decode_files(paths, size, mode="RGB", what="images"):
+    """Decode a list of files once; unreadable ones are reported together and skipped."""
+    from tqdm import tqdm
+    images, keep, bad = [], [], []
+    for i, path in enumerate(tqdm(paths, desc=f"decoding {what}", unit="img", disable=len(paths) < 2000)):
+        try:
+            images.append(decode_image(path, size, mode))
+            keep.append(i)
+        except Exception as e:  # PIL raises many kinds for a corrupt file
+            bad.append(f"{path} ({type(e).__name__})")
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable image(s): " + "; ".join(bad[:10])
+              + (" ..." if len(bad) > 10 else ""), file=sys.stderr)
+    if not images:
+        raise DataError(f"none of the {len(paths)} {what} could be read (e.g. {bad[0] if bad else '?'})")
+    return torch.stack(images), keep
+
+
+def resize_uint8(x, size):
+    """(N, C, H, W) uint8 -> size x size, antialiased, only when needed."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def _coffee_dir(root):
+    for cand in (os.path.join(root, "brazilian_coffee_scenes"), root):
+        if os.path.isfile(os.path.join(cand, "fold1.txt")):
+            return cand
+    return None
+
+
+def download_coffee(root):
+    import urllib.request
+    import zipfile
+    os.makedirs(root, exist_ok=True)
+    zpath = os.path.join(root, "brazilian_coffee_dataset.zip")
+    try:
+        print(f"downloading {COFFEE_URL} ...")
+        with urllib.request.urlopen(COFFEE_URL, timeout=30) as r, open(zpath + ".part", "wb") as f:
+            f.write(r.read())
+        os.replace(zpath + ".part", zpath)
+        with zipfile.ZipFile(zpath) as z:
+            z.extractall(root)
+    except Exception as e:
+        raise DataError(f"could not download Brazilian Coffee Scenes from {COFFEE_URL} ({type(e).__name__}); "
+                        f"download it by hand and unzip into {root}/ so that {root}/brazilian_coffee_scenes/fold1.txt exists")
+
+
+def load_coffee(root, size, folds=None, download=False):
+    """Brazilian Coffee Scenes (Penatti et al. 2015) in its official layout: foldN.txt lists
+    '<coffee|noncoffee>.<city>.T..B..L..R..'; the image is foldN/<line minus label>.jpg. Label 1 = coffee."""
+    base = _coffee_dir(root)
+    if base is None and download:
+        download_coffee(root)
+        base = _coffee_dir(root)
+    if base is None:
+        raise DataError(f"Brazilian Coffee Scenes not found under '{root}': expected "
+                        f"{root}/brazilian_coffee_scenes/fold1..5.txt and fold1..5/*.jpg; unzip "
+                        f"brazilian_coffee_dataset.zip ({COFFEE_URL}) there, or add --download when online")
+    folds = folds or [f for f in range(1, 6) if os.path.isfile(os.path.join(base, f"fold{f}.txt"))]
+    paths, labels, fold_of = [], [], []
+    for f in folds:
+        list_file = os.path.join(base, f"fold{f}.txt")
+        if not os.path.isfile(list_file):
+            raise DataError(f"--folds: {list_file} does not exist (folds are 1..5)")
+        with open(list_file, newline=None) as fh:  # universal newlines: CRLF and LF alike
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                label, _, rest = line.partition(".")
+                if label not in ("coffee", "noncoffee") or not rest:
+                    raise DataError(f"{list_file}: unexpected line '{line[:60]}' (want <coffee|noncoffee>.<name>)")
+                paths.append(os.path.join(base, f"fold{f}", rest + ".jpg"))
+                labels.append(1 if label == "coffee" else 0)
+                fold_of.append(f)
+    images, keep = decode_files(paths, size, "RGB", "coffee tiles")
+    data = ImageData(images, torch.tensor(labels)[keep], ["noncoffee", "coffee"], "flip_rot90", "coffee")
+    data.folds = torch.tensor(fold_of)[keep]
+    return data
+
+
+def _torchvision(cls_name, root, download, **kw):
+    import torchvision.datasets as D
+    layouts = {"MNIST": f"{root}/MNIST/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte",
+               "CIFAR10": f"{root}/cifar-10-batches-py/data_batch_1..5 and test_batch",
+               "Flowers102": f"{root}/flowers-102/jpg/*.jpg, imagelabels.mat and setid.mat"}
+    try:
+        return getattr(D, cls_name)(root, download=download, **kw)
+    except Exception as e:  # RuntimeError 'Dataset not found', URLError offline, corrupt archives
+        how = "add --download when online, or put the files there" if not download else "put the files there by hand"
+        raise DataError(f"{cls_name} could not be loaded from '{root}' ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
+                        f"expected {layouts[cls_name]}; {how}")
+
+
+def load_mnist(root, size, split, download):
+    ds = _torchvision("MNIST", root, download, train=split == "train")
+    return ImageData(resize_uint8(ds.data[:, None], size), ds.targets.clone(), [str(i) for i in range(10)], "none", "mnist")
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def load_cifar10(root, size, split, download):
+    """The python-pickle batches of CIFAR-10, read natively (any subset of the batch files that
+    exists); torchvision only downloads them."""
+    import pickle
+    import numpy as np
+    base = os.path.join(root, "cifar-10-batches-py")
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    if not any(os.path.isfile(os.path.join(base, n)) for n in names):
+        _torchvision("CIFAR10", root, download, train=split == "train")  # downloads, or says where files go
+    xs, ys = [], []
+    for n in names:
+        path = os.path.join(base, n)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch["labels"]))
+    x = torch.from_numpy(np.concatenate(xs))
+    return ImageData(resize_uint8(x, size), torch.from_numpy(np.concatenate(ys)).long(), list(CIFAR10_CLASSES),
+                     "flip", "cifar10")
+
+
+def load_flowers102(root, size, split, download):
+    ds = _torchvision("Flowers102", root, download, split={"train": "train", "val": "val", "test": "test"}.get(split, split))
+    images, keep = decode_files([str(p) for p in ds._image_files], size, "RGB", "Flowers102 images")
+    labels = torch.tensor(ds._labels)[keep]
+    return ImageData(images, labels, [str(i) for i in range(102)], "flip", "flowers102")
+
+
+def load_folder(root, size):
+    """Any folder of images, searched recursively; non-image files ignored. Labels: the first-level
+    subfolder when there are several (e.g. class folders), else unlabelled."""
+    if not os.path.isdir(root):
+        raise DataError(f"--data folder: '{root}' is not a folder; pass --data-root DIR with your images (any nesting)")
+    paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+                   if f.lower().endswith(IMAGE_EXTS))
+    if not paths:
+        raise DataError(f"--data folder: no image files ({', '.join(IMAGE_EXTS)}) under '{root}'")
+    images, keep = decode_files(paths, size, "RGB", f"images in {root}")
+    groups = [os.path.relpath(paths[i], root).split(os.sep)[0] if os.sep in os.path.relpath(paths[i], root) else ""
+              for i in keep]
+    names = sorted(set(groups))
+    if len(names) > 1 and "" not in names:
+        index = {n: i for i, n in enumerate(names)}
+        return ImageData(images, torch.tensor([index[g] for g in groups]), names, "flip", "folder")
+    return ImageData(images, torch.zeros(len(images), dtype=torch.long), [], "flip", "folder")
+
+
 # ---- loading by name --------------------------------------------------------------------------
 
 def load_data(name, root=None, size=None, split="train", folds=None, download=False, n_maps=10000, seed=0):
@@ -138,10 +308,21 @@ def load_data(name, root=None, size=None, split="train", folds=None, download=Fa
     if name not in DEFAULT_SIZE:
         raise DataError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
     size = size or DEFAULT_SIZE[name]
+    if size < 4:
+        raise DataError(f"--size {size} is too small; use 4 or more")
+    root = root or "data"
     if name == "maps":
         # Train and test tiles come from disjoint seeds.
         return make_maps(n_maps if split == "train" else max(1, n_maps // 5), size, seed=seed + (0 if split == "train" else 10**6))
-    raise DataError(f"dataset '{name}' is not available yet")
+    if name == "coffee":
+        return load_coffee(root, size, folds, download)
+    if name == "mnist":
+        return load_mnist(root, size, split, download)
+    if name == "cifar10":
+        return load_cifar10(root, size, split, download)
+    if name == "flowers102":
+        return load_flowers102(root, size, split, download)
+    return load_folder(root, size)
 
 
 def add_data_args(p):

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 # as 2x2 patches (pixel unshuffle), so a 64 px image costs what a 32 px one does. On a CPU the
 # full-resolution 3x3 convs of a 64 px UNet take most of the time and buy little.
 PRESETS = {
-    "tiny": dict(ch=16, mults=(1, 2), blocks=1, attn_res=8, dropout=0.0, patch_from=64),
-    "small": dict(ch=64, mults=(1, 2, 2), blocks=2, attn_res=8, dropout=0.0, patch_from=64),
-    "base": dict(ch=128, mults=(1, 2, 2, 2), blocks=2, attn_res=16, dropout=0.1, patch_from=0),
+    "tiny": dict(ch=16, mults=(1, 2), blocks=1, attn_res=8, dropout=0.0, patch_from=64, lr=1e-3),
+    "small": dict(ch=32, mults=(1, 2, 2), blocks=2, attn_res=8, dropout=0.0, patch_from=64, lr=1e-3),
+    "medium": dict(ch=64, mults=(1, 2, 2), blocks=2, attn_res=8, dropout=0.0, patch_from=64, lr=5e-4),
+    "base": dict(ch=128, mults=(1, 2, 2, 2), blocks=2, attn_res=16, dropout=0.1, patch_from=0, lr=2e-4),
 }
 
 
@@ -134,6 +135,7 @@ def build_unet(preset, in_ch, size, num_classes=0, learn_sigma=False, verbose=Tr
     if preset not in PRESETS:
         raise ValueError(f"unknown UNet preset '{preset}'; choose one of {', '.join(PRESETS)}")
     cfg = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    cfg.pop("lr")  # a training default, not part of the network
     model = UNet(in_ch=in_ch, size=size, num_classes=num_classes, learn_sigma=learn_sigma, **cfg)
     if verbose:
         n = sum(p.numel() for p in model.parameters())

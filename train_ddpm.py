@@ -45,8 +45,8 @@ class DDPM:
         g.add_argument("--pred", default="eps", choices=["eps", "x0", "v"], help="what the network predicts")
         g.add_argument("--min-snr", type=float, default=0.0, help="min-SNR-γ loss weighting (0: off; 5 is usual)")
         g.add_argument("--learn-sigma", action="store_true", help="learned variance + hybrid loss (improved DDPM)")
-        g.add_argument("--grid-sampler", default="ddim", help="sampler for the progress grids")
-        g.add_argument("--grid-steps", type=int, default=50)
+        g.add_argument("--grid-sampler", default="ancestral", help="sampler for the progress grids (stochastic samplers look cleaner on short runs)")
+        g.add_argument("--grid-steps", type=int, default=100)
 
     def setup(self, args, data):
         self.args = args

@@ -45,8 +45,8 @@ def base_parser(description, default_preset="small"):
     g.add_argument("--ch", type=int, default=None, help="override the preset's base width")
     g.add_argument("--cond", action="store_true", help="class-conditional (labelled data), label drop for CFG")
     g.add_argument("--label-drop", type=float, default=0.1, help="with --cond: share of labels replaced by null")
-    g.add_argument("--batch", type=int, default=64, help="global batch size")
-    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--batch", type=int, default=32, help="global batch size")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's, 1e-3 for small)")
     g.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "nadam", "sgd"])
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup", type=int, default=100, help="linear lr warm-up steps")
@@ -72,7 +72,7 @@ def make_optimizer(name, params, lr, weight_decay):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "nadam": torch.optim.NAdam}[name]
-    return cls(params, lr=lr, weight_decay=weight_decay)
+    return cls(params, lr=lr, weight_decay=weight_decay, foreach=True)  # foreach: one kernel per op, CPU too
 
 
 def ema_avg(decay):
@@ -140,6 +140,7 @@ def _train(objective, args):
     if args.epochs is None and args.steps is None and args.minutes is None:
         args.minutes = 15.0
     precision = resolve_precision(args.precision, device)
+    args.lr = args.lr or PRESETS[args.preset]["lr"]
 
     data = data_from_args(args)
     args.size = data.size
@@ -149,7 +150,7 @@ def _train(objective, args):
         raise UserError(f"the dataset has {len(data)} images, fewer than --batch {args.batch}; lower --batch")
     objective.setup(args, data)
     if resume_ck is None:
-        args.out = new_run_dir(objective.kind, args) if main else None
+        args.out = new_run_dir(getattr(objective, "run_name", objective.kind), args) if main else None
     log(f"{objective.kind}: {args.data} {len(data)} images {data.channels}x{data.size}x{data.size}, "
         f"{'%d classes' % data.num_classes if args.cond else 'unconditional'}; device {device}, {precision}, "
         f"{world} process(es)")
