@@ -197,7 +197,7 @@ def sample_zoom_cli(args, ck, device, precision):
     """sample.py on a zoom checkpoint: --sampler improved|naive, --start, --noise."""
     from checkpoint import model_from_checkpoint
     from sample import parse_labels, save_outputs, write_progression
-    sampler = args.sampler if args.sampler != "ddim" else "improved"  # ddim is sample.py's DDPM default
+    sampler = args.sampler if args.sampler != "ancestral" else "improved"  # ancestral: sample.py's DDPM default
     if sampler not in ZOOM_SAMPLERS:
         raise UserError(f"'{args.sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler improved or naive")
     obj = ck["objective"]
