@@ -175,8 +175,8 @@ def parse_labels(text, n, ck):
     return torch.tensor(vals).repeat((n + len(vals) - 1) // len(vals))[:n]
 
 
-def save_outputs(x, out, nrow=None):
-    """grid.png, one PNG per image and samples.npz (uint8 NHWC)."""
+def save_outputs(x, out, snapshots=None, nrow=None):
+    """grid.png, one PNG per image, samples.npz (uint8 NHWC) and, given snapshots, progression.png."""
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     u8 = to_uint8(x)
     save_image(make_grid(u8.float() / 255, nrow=nrow or int(np.ceil(len(x) ** 0.5)), padding=1),
@@ -184,6 +184,9 @@ def save_outputs(x, out, nrow=None):
     for i, img in enumerate(u8):
         save_image(img.float() / 255, os.path.join(out, "images", f"{i:05d}.png"))
     np.savez_compressed(os.path.join(out, "samples.npz"), images=u8.permute(0, 2, 3, 1).numpy())
+    if snapshots:
+        write_progression(snapshots, os.path.join(out, "progression.png"))
+    return f"{out}/grid.png, {out}/images/, {out}/samples.npz" + (f", {out}/progression.png" if snapshots else "")
 
 
 def main():
@@ -224,16 +227,14 @@ def _main(args):
     x = generate_ddpm(model, schedule_of(ck), ck["args"]["pred"], args.n, device, args.sampler, args.steps, args.eta,
                       labels, args.cfg, args.seed, args.batch, precision, progress=True, snapshots=snaps)
     dt = time.time() - t0
-    save_outputs(x, out)
-    print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {args.sampler}, {len(timesteps_for(schedule_of(ck).T, args.steps))} steps"
-          f"{', ema' if not args.raw else ', raw'}) -> {out}/grid.png, {out}/images/, {out}/samples.npz")
-    if snaps:
-        write_progression(snaps, os.path.join(out, "progression.png"))
-        print(f"progression -> {out}/progression.png (top: x_t, bottom: predicted x0; noise on the left)")
+    written = save_outputs(x, out, snaps)
+    nfe = len(timesteps_for(schedule_of(ck).T, args.steps))
+    print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {args.sampler}, {nfe} steps"
+          f"{', ema' if not args.raw else ', raw'}) -> {written}")
 
 
 def write_progression(snaps, path, cols=10, rows=4):
-    """Rows: images; for each image a row of x_t and a row of predicted x0, from noise (left) to data."""
+    """For each of a few images a row of x_t and a row of predicted x0, from the start (left) to data."""
     pick = np.linspace(0, len(snaps) - 1, min(cols, len(snaps))).round().astype(int)
     rows = min(rows, snaps[0][1].shape[0])
     tiles = []

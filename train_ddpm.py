@@ -11,7 +11,6 @@ applied as T/1000 times the per-step KL in bits, with the mean stopped from the 
 import math
 
 import torch
-import torch.nn.functional as F
 
 from sample import generate_ddpm
 from schedules import Schedule

@@ -10,7 +10,6 @@ Start states: `hist` iid pixels from the histogram of the training set's final f
 seed's method), `single` one colour (the mean), `bank` real final windows, `gmm` a Gaussian mixture
 fitted to them. All four are computed at training time and stored in the checkpoint.
 """
-import math
 import os
 import time
 
@@ -196,7 +195,7 @@ class ColdZoom:
 def sample_zoom_cli(args, ck, device, precision):
     """sample.py on a zoom checkpoint: --sampler improved|naive, --start, --noise."""
     from checkpoint import model_from_checkpoint
-    from sample import parse_labels, save_outputs, write_progression
+    from sample import parse_labels, save_outputs
     sampler = args.sampler if args.sampler != "ancestral" else "improved"  # ancestral: sample.py's DDPM default
     if sampler not in ZOOM_SAMPLERS:
         raise UserError(f"'{args.sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler improved or naive")
@@ -209,9 +208,5 @@ def sample_zoom_cli(args, ck, device, precision):
     x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], args.n, device, args.start, sampler, args.noise,
                       labels, args.seed, args.batch, progress=True, snapshots=snaps, precision=precision)
     dt = time.time() - t0
-    save_outputs(x, out)
-    print(f"{args.n} images in {dt:.1f} s ({sampler}, start {args.start}, NFE {obj['T']}) -> {out}/grid.png, "
-          f"{out}/images/, {out}/samples.npz")
-    if snaps:
-        write_progression(snaps, os.path.join(out, "progression.png"))
-        print(f"progression -> {out}/progression.png (top: x_s, bottom: predicted x0; final state on the left)")
+    written = save_outputs(x, out, snaps)
+    print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {sampler}, start {args.start}, NFE {obj['T']}) -> {written}")
