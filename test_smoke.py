@@ -539,6 +539,13 @@ def test_bad_input_one_line_exit_2(tmp_path):
     one_line_error(*run_here("sample.py", "--ckpt", str(tmp_path / "missing.pt"), ok=False))
 
 
+def test_diverging_loss_stops_with_one_line(tmp_path):
+    code, out = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "30", "--optimizer", "sgd", "--lr", "1e6",
+                         "--grad-clip", "0", "--out", str(tmp_path / "nan"), ok=False)
+    one_line_error(code, out)
+    assert "training diverged" in out and "at step" in out
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch EVIL_RAN",))

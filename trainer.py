@@ -246,6 +246,7 @@ def _train(objective, args):
                 losses, tfrac = objective.loss(fwd, x0.contiguous(memory_format=mem), y, gen, part)
             loss = losses.mean()
             if not torch.isfinite(loss):
+                bar.close()  # so the message starts its own line
                 where = f"the last good checkpoint is {ckpt_path}" if main and os.path.exists(ckpt_path) else "no checkpoint was written yet"
                 raise UserError(f"loss is {loss.item()} at step {step}: training diverged (lower --lr, or another --optimizer); {where}")
             opt.zero_grad(set_to_none=True)
