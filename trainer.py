@@ -59,7 +59,8 @@ def base_parser(description, default_preset="small"):
     g.add_argument("--sample-every", type=int, default=5, help="write a sample grid every N epochs (0: only at the end)")
     g.add_argument("--ckpt-every", type=float, default=5.0, help="write a checkpoint every N minutes")
     g.add_argument("--log-every", type=int, default=20, help="log every N steps")
-    g.add_argument("--n", type=int, default=32, help="images in each sample grid")
+    g.add_argument("--n", "--num-samples", dest="n", type=int, default=32,
+                   help="images in each sample grid (under torchrun write --num-samples: torchrun claims --n)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
     g.add_argument("--ckpt", default=None, help="with --resume: the checkpoint to continue (default <out>/ckpt.pt)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
