@@ -260,6 +260,14 @@ def load_cifar10(root, size, split, download):
     import numpy as np
     base = os.path.join(root, "cifar-10-batches-py")
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    subset = root if root.endswith(".npz") else os.path.join(root, "cifar10_subset.npz")
+    if os.path.isfile(subset) and not any(os.path.isfile(os.path.join(base, n)) for n in names):
+        # A subset saved as npz: x uint8 N x 32 x 32 x 3, y, is_test.
+        z = np.load(subset)
+        keep = z["is_test"].astype(bool) == (split == "test")
+        x = torch.from_numpy(np.ascontiguousarray(z["x"][keep].transpose(0, 3, 1, 2)))
+        return ImageData(resize_uint8(x, size), torch.from_numpy(z["y"][keep]).long(), list(CIFAR10_CLASSES), "flip",
+                         "cifar10")
     if not any(os.path.isfile(os.path.join(base, n)) for n in names):
         _torchvision("CIFAR10", root, download, train=split == "train")  # downloads, or says where files go
     xs, ys = [], []

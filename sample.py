@@ -154,6 +154,30 @@ def generate_ddpm(model, sched, pred, n, device, sampler="ddim", steps=50, eta=0
     return torch.cat(out)
 
 
+def generate_from_checkpoint(ck, n, device, sampler=None, steps=100, eta=0.0, start="bank", noise=0.0, labels=None,
+                             cfg=None, seed=0, batch=256, precision="fp32", ema=True, progress=True, snapshots=None):
+    """n images in [-1, 1] from any checkpoint of this project, and a short description with the NFE.
+    DDPM: sampler ancestral|ddim|dpmpp2m (default ancestral) over `steps`; zoom: improved|naive from `start`."""
+    model = model_from_checkpoint(ck, ema=ema, device=device)
+    if ck["kind"] == "zoom":
+        from zoom import ZOOM_SAMPLERS, generate_zoom
+        sampler = sampler or "improved"
+        if sampler not in ZOOM_SAMPLERS:
+            raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler improved or naive")
+        obj = ck["objective"]
+        x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
+                          batch, progress=progress, snapshots=snapshots, precision=precision)
+        return x, dict(sampler=sampler, start=start, noise=noise, nfe=obj["T"])
+    sampler = sampler or "ancestral"
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler '{sampler}' for a DDPM checkpoint; choose one of {', '.join(SAMPLERS)}")
+    sched = schedule_of(ck)
+    x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
+                      precision, progress=progress, snapshots=snapshots)
+    nfe = len(timesteps_for(sched.T, steps)) * (2 if cfg is not None and labels is not None and cfg != 1 else 1)
+    return x, dict(sampler=sampler, steps=steps, eta=eta, cfg=cfg, nfe=nfe)
+
+
 def schedule_of(ck):
     a = ck["args"]
     return Schedule.make(a["schedule"], a["T"])
@@ -214,23 +238,19 @@ def _main(args):
     ck = load_checkpoint(args.ckpt)
     if args.n < 1 or args.steps < 1:
         raise UserError("--n and --steps must be positive")
-    if ck["kind"] != "ddpm":
-        from zoom import sample_zoom_cli  # Cold Zoom checkpoints have their own samplers
-        return sample_zoom_cli(args, ck, device, precision)
-    if args.sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler '{args.sampler}' for a DDPM checkpoint; choose one of {', '.join(SAMPLERS)}")
-    model = model_from_checkpoint(ck, ema=not args.raw, device=device)
+    zoom = ck["kind"] == "zoom"
+    sampler = None if zoom and args.sampler == "ancestral" else args.sampler  # ancestral is only the DDPM default
     labels = parse_labels(args.labels, args.n, ck)
-    out = args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{args.sampler}{args.steps}")
     snaps = [] if args.progression else None
     t0 = time.time()
-    x = generate_ddpm(model, schedule_of(ck), ck["args"]["pred"], args.n, device, args.sampler, args.steps, args.eta,
-                      labels, args.cfg, args.seed, args.batch, precision, progress=True, snapshots=snaps)
+    x, info = generate_from_checkpoint(ck, args.n, device, sampler, args.steps, args.eta, args.start, args.noise, labels,
+                                       args.cfg, args.seed, args.batch, precision, ema=not args.raw, snapshots=snaps)
     dt = time.time() - t0
-    written = save_outputs(x, out, snaps)
-    nfe = len(timesteps_for(schedule_of(ck).T, args.steps))
-    print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {args.sampler}, {nfe} steps"
-          f"{', ema' if not args.raw else ', raw'}) -> {written}")
+    name = f"{info['sampler']}_{args.start}" if zoom else f"{info['sampler']}{args.steps}"
+    written = save_outputs(x, args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{name}"), snaps)
+    what = f"start {args.start}" if zoom else f"{info['steps']} steps"
+    print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {info['sampler']}, {what}, NFE {info['nfe']}, "
+          f"{'raw' if args.raw else 'ema'}) -> {written}")
 
 
 def write_progression(snaps, path, cols=10, rows=4):

@@ -10,8 +10,6 @@ Start states: `hist` iid pixels from the histogram of the training set's final f
 seed's method), `single` one colour (the mean), `bank` real final windows, `gmm` a Gaussian mixture
 fitted to them. All four are computed at training time and stored in the checkpoint.
 """
-import os
-import time
 
 import torch
 import torch.nn.functional as F
@@ -190,23 +188,3 @@ class ColdZoom:
 
     def load_state(self, state):
         self.stats = state["stats"]
-
-
-def sample_zoom_cli(args, ck, device, precision):
-    """sample.py on a zoom checkpoint: --sampler improved|naive, --start, --noise."""
-    from checkpoint import model_from_checkpoint
-    from sample import parse_labels, save_outputs
-    sampler = args.sampler if args.sampler != "ancestral" else "improved"  # ancestral: sample.py's DDPM default
-    if sampler not in ZOOM_SAMPLERS:
-        raise UserError(f"'{args.sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler improved or naive")
-    obj = ck["objective"]
-    model = model_from_checkpoint(ck, ema=not args.raw, device=device)
-    labels = parse_labels(args.labels, args.n, ck)
-    out = args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{sampler}_{args.start}")
-    snaps = [] if args.progression else None
-    t0 = time.time()
-    x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], args.n, device, args.start, sampler, args.noise,
-                      labels, args.seed, args.batch, progress=True, snapshots=snaps, precision=precision)
-    dt = time.time() - t0
-    written = save_outputs(x, out, snaps)
-    print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {sampler}, start {args.start}, NFE {obj['T']}) -> {written}")

