@@ -54,7 +54,8 @@ def main():
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
     g.add_argument("--eta", type=float, default=0.0)
     g.add_argument("--cfg", type=float, default=None)
-    g.add_argument("--start", default="bank", help="zoom start state: hist, single, bank, gmm")
+    g.add_argument("--start", default="bank", help="zoom start state(s): hist, single, bank, gmm; comma-separated "
+                                                   "for a table")
     g.add_argument("--noise", type=float, default=0.0, help="zoom: noise std injected while sampling")
     g.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     g.add_argument("--batch", type=int, default=256)
@@ -124,13 +125,13 @@ def sample_jobs(args, device, precision):
         ck = load_checkpoint(path)
         zoom = ck["kind"] == "zoom"
         for sampler in samplers:
-            for st in ([None] if zoom else steps):
+            for st, start in ([(None, s) for s in args.start.split(",")] if zoom else [(s, None) for s in steps]):
                 t0 = time.time()
                 x, info = generate_from_checkpoint(ck, args.n, device, sampler or (None if zoom else "ddim"),
-                                                   st, args.eta, args.start, args.noise, None, args.cfg, args.seed,
+                                                   st, args.eta, start, args.noise, None, args.cfg, args.seed,
                                                    args.batch, precision, ema=not args.raw)
                 gen_s = time.time() - t0
-                label = f"{info['sampler']}" + (f"_{args.start}" if zoom else str(st))
+                label = f"{info['sampler']}" + (f"_{start}" if zoom else str(st))
                 card = dict(source=path, step=ck.get("step"), epoch=ck.get("epoch"), size=ck["args"]["size"],
                             ema=not args.raw, seed=args.seed, gen_seconds=round(gen_s, 1), **info)
                 yield label, to_uint8(x), card, args.out or os.path.dirname(path)
@@ -232,7 +233,8 @@ def one_line(label, c):
 
 def table(rows):
     """Markdown table of all scores of this run (FID vs NFE / vs checkpoint when several)."""
-    head = "| images | step | NFE | extractor | N | FD | KID x1e3 | precision | recall | entropy/logK | confident | gen s |"
+    head = ("| images | step | NFE | extractor | N | FD | KID x1e3 | precision | recall | entropy/logK | confident "
+            "| class histogram % | gen s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     f = lambda c, k, fmt: (fmt.format(c[k]) if c.get(k) is not None else "")  # noqa: E731
     for label, c in rows:
@@ -240,6 +242,7 @@ def table(rows):
         lines.append(f"| {label} | {c.get('step', '') or ''} | {c.get('nfe', '')} | {c['extractor']} | {c['n']} | "
                      f"{f(c, 'fd', '{:.2f}')} | {kid_s} | {f(c, 'precision', '{:.3f}')} | {f(c, 'recall', '{:.3f}')} | "
                      f"{f(c, 'entropy_ratio', '{:.3f}')} | {f(c, 'confident_share', '{:.3f}')} | "
+                     f"{' '.join(str(round(100 * h)) for h in c.get('histogram', []))} | "
                      f"{f(c, 'gen_seconds', '{:.1f}')} |")
     return "\n".join(lines)
 

@@ -741,6 +741,25 @@ def test_fid_cli_checkpoint_sweep_and_samples(tmp_path):
     one_line_error(*run_here("fid.py", "--floor", "noise", "--ref", "mnist:test", "--data-root", str(tmp_path), ok=False))
 
 
+def test_plots_cli_every_figure(tmp_path):
+    """Every plots.py figure is written from what the other scripts leave behind; bad input is one line."""
+    import json
+    zoom = tmp_path / "zoom"
+    run("train_zoom_nearest.py", *TINY, "--data", "maps", "--size", "16", "--steps", "4", "--out", str(zoom))
+    with open(zoom / "scores.jsonl", "w") as f:  # cards in the shape fid.py writes them
+        for nfe, step, fd in ((10, 2, 30.0), (20, 4, 20.0)):
+            f.write(json.dumps({"fd": fd, "nfe": nfe, "step": step, "sampler": "improved", "extractor": "inception",
+                                "ref": "maps:test", "n": 6}) + "\n")
+    for cmd in (["schedules"], ["forward", "--data", "maps", "--data-root", str(tmp_path / "none"), "--size", "16"],
+                ["loss", str(zoom)], ["scores", str(zoom / "scores.jsonl"), "--x", "nfe"],
+                ["scores", str(zoom / "scores.jsonl"), "--x", "step"], ["pixels", "--ckpt", str(zoom / "ckpt.pt")]):
+        png = tmp_path / f"{cmd[0]}_{len(cmd)}.png"
+        run_here("plots.py", *cmd, "--out", str(png))
+        assert png.stat().st_size > 5000, cmd
+    one_line_error(*run_here("plots.py", "loss", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png"), ok=False))
+    one_line_error(*run_here("plots.py", "scores", str(tmp_path / "no.jsonl"), "--out", str(tmp_path / "x.png"), ok=False))
+
+
 def test_fid_classifier_on_labelled_folder(tmp_path):
     """The classifier extractor: trained once and cached, class histogram, entropy, confidence grids."""
     import json
@@ -764,3 +783,127 @@ def test_fid_classifier_on_labelled_folder(tmp_path):
     assert len(cached) == 1
     code, log = run_here(*args)
     assert "held-out accuracy" not in log  # second run: the cached classifier
+
+
+# ---- reliability: faults and bad input --------------------------------------------------------
+
+def test_kill_9_loop_never_leaves_a_broken_checkpoint(tmp_path):
+    """kill -9 at random moments while a checkpoint is written after every step; each time the
+    checkpoint on disk loads, and --resume carries on from it to the end."""
+    import random
+    import time
+    from checkpoint import load_checkpoint
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train_ddpm.py", *TINY, "--size", "16", "--steps", "300", "--ckpt-every", "0",
+           "--sample-every", "0", "--out", str(out)]
+    rng, steps, kills = random.Random(0), [], 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for _ in range(5):
+        p = subprocess.Popen(cmd + (["--resume"] if (out / "ckpt.pt").exists() else []), cwd=HERE, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 7.0))
+        if p.poll() is None:
+            p.kill()  # SIGKILL: no handler runs
+            kills += 1
+        p.wait()
+        if (out / "ckpt.pt").exists():
+            steps.append(load_checkpoint(str(out / "ckpt.pt"))["step"])
+    assert kills >= 3 and steps == sorted(steps) and steps[-1] > 0, (kills, steps)
+    code, log = run(*cmd[1:], "--resume")
+    assert "stopped (steps) at step 300" in log and f"resumed {out} at step" in log
+    assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 300
+
+
+def test_resume_with_contradicting_flags_and_unknown_names(tmp_path):
+    out = tmp_path / "run"
+    run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--out", str(out))
+    one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "32", "--steps", "4", "--resume", "--out", str(out), ok=False))
+    one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "4", "--resume", "--out", str(out),
+                             "--pred", "v", ok=False))
+    code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "4", "--resume", "--out", str(out))
+    assert "stopped (steps) at step 4" in log
+    one_line_error(*run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--sampler", "heun", ok=False))
+    one_line_error(*run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--start", "gmm", "--sampler", "improved", ok=False))
+    zoom = tmp_path / "zoom"
+    run_here("train_zoom_nearest.py", *TINY, "--data", "maps", "--size", "16", "--steps", "2", "--out", str(zoom))
+    one_line_error(*run_here("train_ddpm.py", *TINY, "--resume", "--out", str(zoom), ok=False))  # zoom ckpt to DDPM
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes((out / "ckpt.pt").read_bytes()[:5000])
+    one_line_error(*run_here("sample.py", "--ckpt", str(truncated), ok=False))
+    one_line_error(*run_here("fid.py", "--ckpt", str(truncated), ok=False))
+
+
+def test_ctrl_c_saves_and_says_how_to_resume_second_ctrl_c_quits(tmp_path):
+    import signal
+    import time
+    from checkpoint import load_checkpoint
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "train_ddpm.py", *TINY, "--size", "16", "--steps", "100000", "--sample-every", "0"]
+
+    def start(out):
+        p = subprocess.Popen(cmd + ["--out", str(out)], cwd=HERE, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 120
+        while not (out / "log.csv").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # well inside the loop
+        return p
+
+    p = start(tmp_path / "a")
+    p.send_signal(signal.SIGINT)
+    log, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, log[-2000:]
+    assert "stopped (interrupt)" in log and "continue with: --resume --out" in log, log[-2000:]
+    assert load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))["step"] > 0
+    # The second Ctrl-C: exit at once with 130 (called directly: a race against a fast save otherwise).
+    import trainer
+    exits = []
+    orig_exit, orig_handler = os._exit, signal.getsignal(signal.SIGINT)
+    os._exit = exits.append
+    try:
+        it = trainer.Interrupt()
+        it.handler()
+        assert it.requested and exits == []
+        it.handler()
+        assert exits == [130]
+    finally:
+        os._exit = orig_exit
+        signal.signal(signal.SIGINT, orig_handler)
+
+
+def test_ddp_worker_death_is_reported_and_resumable(tmp_path):
+    """kill -9 one torchrun worker: rank 0 ends with a one-line message naming the last checkpoint,
+    and the run resumes from it."""
+    import time
+    from checkpoint import load_checkpoint
+    out = tmp_path / "ddp"
+    args = [{"--n": "--num-samples"}.get(a, a) for a in TINY]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518", "train_ddpm.py",
+           *args, "--size", "16", "--steps", "100000", "--ckpt-every", "0", "--sample-every", "0", "--out", str(out)]
+    p = subprocess.Popen(cmd, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (out / "ckpt.pt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    rank1 = None
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError):
+            continue
+        if b"RANK=1" in env and b"train_ddpm.py" in cmdline and str(out).encode() in cmdline:
+            rank1 = int(pid)
+    assert rank1 is not None, "rank 1 not found"
+    os.kill(rank1, 9)
+    log, _ = p.communicate(timeout=240)
+    assert p.returncode != 0
+    assert "error: rank 0:" in log and "last checkpoint:" in log, log[-3000:]
+    step = load_checkpoint(str(out / "ckpt.pt"))["step"]
+    assert step > 0
+    code, log = run("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", "train_ddpm.py",
+                    *args, "--size", "16", "--steps", str(step + 2), "--resume", "--out", str(out), timeout=600)
+    assert f"stopped (steps) at step {step + 2}" in log

@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, save_atomic
 from cli import UserError, add_run_args, autocast, resolve_device, resolve_precision, run_cli, set_threads
-from data import add_data_args, augment_batch, data_from_args, to_model
+from data import DataError, add_data_args, augment_batch, data_from_args, to_model
 from nn_unet import PRESETS, build_unet
 
 # Flags that define the model and the data: on --resume they come from the checkpoint.
@@ -58,6 +59,8 @@ def base_parser(description, default_preset="small"):
     g.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default 15 when no budget given)")
     g.add_argument("--sample-every", type=int, default=5, help="write a sample grid every N epochs (0: only at the end)")
     g.add_argument("--ckpt-every", type=float, default=5.0, help="write a checkpoint every N minutes")
+    g.add_argument("--keep-ckpts", action="store_true",
+                   help="also keep ckpt_epochNNN.pt at each sample grid (for fid.py's FID-vs-epoch table)")
     g.add_argument("--log-every", type=int, default=20, help="log every N steps")
     g.add_argument("--n", "--num-samples", dest="n", type=int, default=32,
                    help="images in each sample grid (under torchrun write --num-samples: torchrun claims --n)")
@@ -91,6 +94,29 @@ def new_run_dir(kind, args):
     return out
 
 
+def heldout_images(args):
+    """Up to 512 images of the test split (model scale) when the dataset has one, else None."""
+    if args.data not in ("mnist", "cifar10", "maps", "flowers102"):
+        return None  # coffee and folders have no separate test split here
+    try:
+        test = data_from_args(args, "test")
+    except DataError:
+        return None
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:512]
+    return to_model(test.images[idx])
+
+
+def keep_copy(src, dst):
+    """A second name for the checkpoint just written (a hard link: free, and atomic)."""
+    if os.path.exists(dst):
+        os.remove(dst)
+    try:
+        os.link(src, dst)
+    except OSError:  # file systems without hard links
+        shutil.copyfile(src, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+
+
 class Interrupt:
     """First Ctrl-C: finish the step, save, exit. Second: exit at once."""
 
@@ -110,10 +136,35 @@ def train(objective, argv=None):
     """Parse the objective's command line and run it; the entry point of every train_*.py."""
     p = base_parser(objective.description, objective.default_preset)
     objective.add_args(p)
-    run_cli(lambda: _train(objective, p.parse_args(argv)))
+    args = p.parse_args(argv)
+    run_cli(lambda: _train_reporting_peer_failure(objective, args, p))
 
 
-def _train(objective, args):
+def _train_reporting_peer_failure(objective, args, parser):
+    """Under torchrun, a dead worker surfaces on the others as a collective error (or torchrun's SIGTERM):
+    say so in one line, with the last checkpoint and how to resume, instead of a gloo/nccl traceback."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if world == 1:
+        return _train(objective, args, parser)
+
+    def where():
+        ck = os.path.join(args.out, "ckpt.pt") if args.out else None
+        return (f"last checkpoint: {ck}; resume with torchrun ... --resume --out {args.out}"
+                if ck and os.path.exists(ck) else "no checkpoint was written yet")
+
+    def on_term(*_):
+        print(f"error: rank {rank}: stopped by torchrun because another worker failed; {where()}", file=sys.stderr)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return _train(objective, args, parser)
+    except (RuntimeError, dist.DistBackendError) as e:
+        raise UserError(f"rank {rank}: another worker of this run failed or vanished "
+                        f"({str(e).splitlines()[0][:100]}); {where()}")
+
+
+def _train(objective, args, parser):
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     set_threads(world)
     device = resolve_device(args.device)
@@ -132,7 +183,11 @@ def _train(objective, args):
         path = args.ckpt or os.path.join(args.out, "ckpt.pt")
         resume_ck = load_checkpoint(path, kind=objective.kind)
         for k in FROZEN_ON_RESUME + tuple(objective.frozen_args):
-            setattr(args, k, resume_ck["args"][k])
+            given, saved = getattr(args, k), resume_ck["args"][k]
+            if given != parser.get_default(k) and given != saved:  # typed on the command line, and contradicts
+                raise UserError(f"--{k.replace('_', '-')} {given} contradicts the checkpoint being resumed "
+                                f"({saved}); drop the flag (a resumed run keeps its settings) or start a new run")
+            setattr(args, k, saved)
         args.out = os.path.dirname(os.path.abspath(path))
     if args.batch % world:
         raise UserError(f"--batch {args.batch} is not divisible by the {world} processes; pick a multiple of {world}")
@@ -205,6 +260,23 @@ def _train(objective, args):
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             "objective": objective.state(),
         }, ckpt_path)
+
+    heldout = heldout_images(args) if main else None
+    heldout_path = os.path.join(args.out, "heldout.csv") if main else None
+
+    def log_heldout():
+        """The EMA model's loss on up to 512 test images with fixed noise: over-fitting shows here."""
+        if heldout is None:
+            return
+        g = torch.Generator(device=device).manual_seed(12345)  # its own generator: training's draws are untouched
+        tot = 0.0
+        with torch.no_grad(), autocast(device, precision):
+            for i in range(0, len(heldout), 128):
+                x = heldout[i:i + 128].to(device)
+                tot += objective.loss(ema.module, x, None, g, slice(None))[0].float().sum().item()
+        new = not os.path.exists(heldout_path)
+        with open(heldout_path, "a") as f:
+            f.write(("step,epoch,heldout_loss\n" if new else "") + f"{step},{epoch},{tot / len(heldout):.5f}\n")
 
     def write_grid(tag):
         if not main:
@@ -294,8 +366,11 @@ def _train(objective, args):
             if args.sample_every and epoch % args.sample_every == 0 and stop_reason is None:
                 model.eval()
                 write_grid(f"epoch{epoch:03d}")
+                log_heldout()
                 model.train()
                 checkpoint()
+                if main and args.keep_ckpts:
+                    keep_copy(ckpt_path, os.path.join(args.out, f"ckpt_epoch{epoch:03d}.pt"))
                 last_ckpt_t = time.time()
             if args.epochs is not None and epoch >= args.epochs and stop_reason is None:
                 stop_reason = "epochs"
@@ -309,6 +384,7 @@ def _train(objective, args):
     else:
         model.eval()
         log(f"samples (generated above, real below): {write_grid('final')}")
+        log_heldout()
     if main:
         log_f.close()
     if world > 1:

@@ -1,0 +1,190 @@
+"""Figures (matplotlib), each from files the other scripts write.
+
+    python plots.py schedules --out schedules.png                 # beta, abar, log SNR of the three schedules
+    python plots.py forward --data mnist --data-root ../shared/data --out forward.png   # q(x_t|x_0) and zoom D(x, s)
+    python plots.py loss runs/a runs/b --out loss.png             # training (and held-out) loss curves
+    python plots.py scores runs/a/scores.jsonl --x nfe --out fid_vs_nfe.png   # or --x step: FID vs training
+    python plots.py pixels --ckpt runs/zoom_nearest_mnist28/ckpt.pt --out pixels.png  # final-state pixel histogram
+
+Reverse progressions (x_t and the predicted x0 along sampling) come from `sample.py --progression`;
+the most and least confident samples from `fid.py --extractor classifier`.
+"""
+import argparse
+import csv
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cli import UserError, run_cli  # noqa: E402
+
+
+def plot_schedules(args):
+    from schedules import Schedule
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    for kind in ("linear", "cosine", "sigmoid"):
+        s = Schedule.make(kind, args.T)
+        t = np.arange(args.T)
+        ax[0].plot(t, s.betas.numpy(), label=kind)
+        ax[1].plot(t, s.abar.numpy(), label=kind)
+        ax[2].plot(t, np.log(s.snr().numpy()), label=kind)
+    for a, title in zip(ax, ("β_t", "ᾱ_t", "log SNR_t = log ᾱ/(1-ᾱ)")):
+        a.set_title(title)
+        a.set_xlabel("t")
+        a.legend()
+    ax[0].set_yscale("log")
+    return fig
+
+
+def _images_of(args, n):
+    from data import load_data, to_model
+    data = load_data(args.data, args.data_root, args.size, split="train")
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:n]
+    return to_model(data.images[idx])
+
+
+def plot_forward(args):
+    """Rows: one image under q(x_t | x_0) for the linear and cosine schedules, and under the zoom
+    operator D(x, s) with nearest and bilinear resizing."""
+    from schedules import Schedule, zoom_degrade
+    x0 = _images_of(args, 1)
+    cols = args.cols
+    rows = []
+    gen = torch.Generator().manual_seed(args.seed)
+    eps = torch.randn(x0.shape, generator=gen)
+    for kind in ("linear", "cosine"):
+        s = Schedule.make(kind, 1000)
+        ts = np.linspace(0, 999, cols).round().astype(int)
+        rows.append((f"DDPM {kind}", [s.q_sample(x0, torch.tensor([t]), eps)[0] for t in ts], [f"t={t}" for t in ts]))
+    n = x0.shape[-1]
+    T = n - args.final_size
+    ss = np.linspace(0, T, cols).round().astype(int)
+    for mode in ("nearest", "bilinear"):
+        rows.append((f"zoom {mode}", [zoom_degrade(x0, torch.tensor([s]), mode)[0] for s in ss], [f"s={s}" for s in ss]))
+    fig, ax = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.45 * len(rows)))
+    for r, (name, imgs, titles) in enumerate(rows):
+        for c, (img, title) in enumerate(zip(imgs, titles)):
+            a = ax[r, c]
+            a.imshow((img.clamp(-1, 1) * 0.5 + 0.5).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            a.set_xticks([])
+            a.set_yticks([])
+            a.set_title(title, fontsize=7)
+            if c == 0:
+                a.set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def plot_loss(args):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in args.runs:
+        log = os.path.join(run, "log.csv")
+        if not os.path.isfile(log):
+            raise UserError(f"'{run}' has no log.csv; pass training run folders")
+        rows = _read_csv(log)
+        step = [int(r["step"]) for r in rows]
+        line, = ax.plot(step, [float(r["loss"]) for r in rows], label=f"{os.path.basename(run.rstrip('/'))} train")
+        held = os.path.join(run, "heldout.csv")
+        if os.path.isfile(held):
+            h = _read_csv(held)
+            ax.plot([int(r["step"]) for r in h], [float(r["heldout_loss"]) for r in h], "o--", color=line.get_color(),
+                    label=f"{os.path.basename(run.rstrip('/'))} held-out (EMA)")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_scores(args):
+    """FID (or another metric) from scores.jsonl cards against NFE or training step, one line per
+    extractor / sampler / reference."""
+    series = {}
+    for path in args.files:
+        if not os.path.isfile(path):
+            raise UserError(f"'{path}' does not exist; fid.py writes scores.jsonl into the run folder")
+        for line in open(path):
+            c = json.loads(line)
+            if args.metric not in c or c.get(args.x) is None:
+                continue
+            key = f"{c.get('extractor', '?')} {c.get('sampler', '')} vs {c.get('ref', '?')} (N={c.get('n', '?')})"
+            series.setdefault(key, []).append((c[args.x], c[args.metric]))
+    if not series:
+        raise UserError(f"no cards with both '{args.metric}' and '{args.x}' in {', '.join(args.files)}")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, pts in series.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key)
+    ax.set_xlabel({"nfe": "network evaluations (NFE)", "step": "training step"}.get(args.x, args.x))
+    ax.set_ylabel({"fd": "Fréchet distance (FID with inception)"}.get(args.metric, args.metric))
+    if args.x == "nfe":
+        ax.set_xscale("log")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_pixels(args):
+    """The histogram of final-state pixels stored in a zoom checkpoint (seed 001's pixel distribution)."""
+    from checkpoint import load_checkpoint
+    ck = load_checkpoint(args.ckpt, kind="zoom")
+    stats = ck["objective"]["stats"]
+    hist = stats["hist"].float()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for c in range(hist.shape[0]):
+        ax.bar(np.arange(hist.shape[-1]), hist[c].numpy(), width=1, alpha=0.6, label=f"channel {c}")
+    ax.set_xlabel(f"pixel value (0-255) of the final {ck['args']['final_size']}x{ck['args']['final_size']} states")
+    ax.set_ylabel("share of pixels")
+    ax.set_yscale("log")
+    ax.legend()
+    return fig
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="figure", required=True)
+    s = sub.add_parser("schedules")
+    s.add_argument("--T", type=int, default=1000)
+    s = sub.add_parser("forward")
+    s.add_argument("--data", default="mnist")
+    s.add_argument("--data-root", default="data")
+    s.add_argument("--size", type=int, default=None)
+    s.add_argument("--cols", type=int, default=8)
+    s.add_argument("--final-size", type=int, default=4)
+    s = sub.add_parser("loss")
+    s.add_argument("runs", nargs="+")
+    s = sub.add_parser("scores")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--x", default="nfe", help="nfe or step")
+    s.add_argument("--metric", default="fd")
+    s = sub.add_parser("pixels")
+    s.add_argument("--ckpt", required=True)
+    for s in sub.choices.values():
+        s.add_argument("--out", required=True, help="the figure file (.png, .pdf, .svg)")
+        s.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    run_cli(lambda: _main(args))
+
+
+def _main(args):
+    from data import DataError
+    try:
+        fig = globals()[f"plot_{args.figure}"](args)
+    except DataError as e:
+        raise UserError(str(e))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fig.savefig(args.out, dpi=120, bbox_inches="tight")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
