@@ -311,13 +311,17 @@ def load_folder(root, size):
 
 # ---- loading by name --------------------------------------------------------------------------
 
+MAX_SIZE = 512
+
+
 def load_data(name, root=None, size=None, split="train", folds=None, download=False, n_maps=10000, seed=0):
     """Load a dataset by name as an ImageData at `size` (the dataset's default size when None)."""
     if name not in DEFAULT_SIZE:
         raise DataError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
-    size = size or DEFAULT_SIZE[name]
-    if size < 4:
-        raise DataError(f"--size {size} is too small; use 4 or more")
+    size = DEFAULT_SIZE[name] if size is None else size
+    if not 4 <= size <= MAX_SIZE:
+        # Above MAX_SIZE the presets' attention and memory stop making sense on a laptop.
+        raise DataError(f"--size {size} is outside what the UNet presets take; use 4 to {MAX_SIZE}")
     root = root or "data"
     if name == "maps":
         # Train and test tiles come from disjoint seeds.

@@ -164,6 +164,9 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=100, eta=0.0, st
         sampler = sampler or "improved"
         if sampler not in ZOOM_SAMPLERS:
             raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler improved or naive")
+        if cfg is not None or eta:
+            raise UserError("--cfg and --eta are DDPM options; a zoom checkpoint samples deterministically from --start "
+                            "(add --noise for variety)")
         obj = ck["objective"]
         x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
                           batch, progress=progress, snapshots=snapshots, precision=precision)

@@ -546,6 +546,47 @@ def test_diverging_loss_stops_with_one_line(tmp_path):
     assert "training diverged" in out and "at step" in out
 
 
+def test_more_bad_input_one_line_exit_2(tmp_path):
+    """The rest of the reliability list: sizes, folders, a zoom checkpoint given to a DDPM sampler."""
+    for size in ("0", "5000"):
+        one_line_error(*run_here("train_ddpm.py", *TINY, "--size", size, "--steps", "1", "--out", str(tmp_path / "s"),
+                                 ok=False))
+    one_line_error(*run_here("train_ddpm.py", "--data", "folder", "--data-root", str(tmp_path / "nowhere"), "--steps", "1",
+                             ok=False))
+    bad = tmp_path / "all_corrupt"
+    bad.mkdir()
+    for k in range(3):
+        (bad / f"{k}.jpg").write_bytes(b"\xff\xd8\xff broken")
+    one_line_error(*run_here("train_ddpm.py", "--data", "folder", "--data-root", str(bad), "--steps", "1", ok=False))
+    zoom = tmp_path / "zoom"
+    run_here("train_zoom_nearest.py", *TINY, "--data", "maps", "--size", "16", "--steps", "1", "--out", str(zoom))
+    one_line_error(*run_here("sample.py", "--ckpt", str(zoom / "ckpt.pt"), "--sampler", "ddim", ok=False))
+    one_line_error(*run_here("sample.py", "--ckpt", str(zoom / "ckpt.pt"), "--cfg", "3", ok=False))
+
+
+def test_divergence_never_overwrites_a_good_checkpoint(tmp_path):
+    """A checkpoint after every step while SGD blows up: the message names the last checkpoint,
+    and that checkpoint holds finite weights."""
+    from checkpoint import load_checkpoint
+    out = tmp_path / "nan"
+    code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "200", "--optimizer", "sgd", "--lr", "3",
+                         "--grad-clip", "0", "--ckpt-every", "0", "--sample-every", "0", "--out", str(out), ok=False)
+    one_line_error(code, log)
+    assert "training diverged" in log and f"the last good checkpoint is {out / 'ckpt.pt'}" in log, log[-1500:]
+    ck = load_checkpoint(str(out / "ckpt.pt"))
+    assert ck["step"] >= 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_training_writes_nothing_outside_its_run_folder(tmp_path):
+    """Run from an empty working directory: every new file lands in --out."""
+    work, out = tmp_path / "cwd", tmp_path / "cwd" / "myrun"
+    work.mkdir()
+    subprocess.run([sys.executable, os.path.join(HERE, "train_ddpm.py"), *TINY, "--size", "16", "--steps", "2",
+                    "--out", str(out)], cwd=work, check=True, capture_output=True, timeout=300)
+    stray = [p for p in work.rglob("*") if out not in p.parents and p != out]
+    assert stray == [] and (out / "ckpt.pt").exists(), stray
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch EVIL_RAN",))

@@ -247,9 +247,15 @@ def _train(objective, args, parser):
                        "model_config": model.config}, f, indent=1)
     ckpt_path = os.path.join(args.out, "ckpt.pt") if main else None
 
+    def last_good():
+        return f"the last good checkpoint is {ckpt_path}" if main and os.path.exists(ckpt_path) else "no checkpoint was written yet"
+
     def checkpoint():
         if not main:
             return
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good one with NaNs
+            raise UserError(f"the weights are no longer finite at step {step}: training diverged (lower --lr, or "
+                            f"another --optimizer); {last_good()}")
         save_atomic({
             "kind": objective.kind, "model_config": model.config, "args": vars(args),
             "class_names": data.class_names if args.cond else [], "channels": data.channels, "size": data.size,
@@ -320,8 +326,8 @@ def _train(objective, args, parser):
             loss = losses.mean()
             if not torch.isfinite(loss):
                 bar.close()  # so the message starts its own line
-                where = f"the last good checkpoint is {ckpt_path}" if main and os.path.exists(ckpt_path) else "no checkpoint was written yet"
-                raise UserError(f"loss is {loss.item()} at step {step}: training diverged (lower --lr, or another --optimizer); {where}")
+                raise UserError(f"loss is {loss.item()} at step {step}: training diverged (lower --lr, or another "
+                                f"--optimizer); {last_good()}")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if args.grad_clip > 0:
