@@ -9,9 +9,10 @@
 
 Extractors (--extractor): `inception` (the standard FID; default) and `classifier` (a small CNN that
 fid.py trains once on the reference dataset's training split and caches; it adds the class histogram
-of the samples, its entropy / log K, the share of confident samples and grids of the most and least
-confident ones). Generated images are quantised to uint8 before scoring, like saved PNGs. Every
-score is appended as a card (one JSON line) to scores.jsonl in the run folder (or --out).
+of the samples, its entropy / log K, the share of confident samples, the Inception-Score formula on its
+logits, and grids of the most and least confident ones). The FID Inception weights end at pool3, so
+there is no Inception Score on them: the card says so. Generated images are quantised to uint8 before
+scoring, like saved PNGs. Every score is appended as a card (one JSON line) to scores.jsonl in the run folder (or --out).
 """
 import argparse
 import datetime
@@ -163,6 +164,8 @@ def score(images, feats_ref, logits_ref, extractor, metrics, progress=True):
     if logits is not None:
         stats = class_stats(logits)
         out.update({k: v for k, v in stats.items() if k != "top_prob"})
+    else:  # said plainly in every card rather than left out silently
+        out["score_is"] = "n/a: these weights end at pool3 (no class logits); the classifier extractor gives IS"
     return out, stats
 
 
@@ -227,14 +230,15 @@ def one_line(label, c):
     if "precision" in c:
         parts.append(f"P {c['precision']:.3f} R {c['recall']:.3f}")
     if "entropy_ratio" in c:
-        parts.append(f"entropy/logK {c['entropy_ratio']:.3f}, confident {c['confident_share']:.3f}")
+        parts.append(f"entropy/logK {c['entropy_ratio']:.3f}, confident {c['confident_share']:.3f}, "
+                     f"IS {c['score_is']:.2f}")
     return ", ".join(parts) + f" (N {c['n']} vs {c['n_ref']} {c['ref']})"
 
 
 def table(rows):
     """Markdown table of all scores of this run (FID vs NFE / vs checkpoint when several)."""
     head = ("| images | step | NFE | extractor | N | FD | KID x1e3 | precision | recall | entropy/logK | confident "
-            "| class histogram % | gen s |")
+            "| IS | class histogram % | gen s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     f = lambda c, k, fmt: (fmt.format(c[k]) if c.get(k) is not None else "")  # noqa: E731
     for label, c in rows:
@@ -242,6 +246,7 @@ def table(rows):
         lines.append(f"| {label} | {c.get('step', '') or ''} | {c.get('nfe', '')} | {c['extractor']} | {c['n']} | "
                      f"{f(c, 'fd', '{:.2f}')} | {kid_s} | {f(c, 'precision', '{:.3f}')} | {f(c, 'recall', '{:.3f}')} | "
                      f"{f(c, 'entropy_ratio', '{:.3f}')} | {f(c, 'confident_share', '{:.3f}')} | "
+                     f"{f(c, 'score_is', '{:.2f}') if 'histogram' in c else 'n/a'} | "
                      f"{' '.join(str(round(100 * h)) for h in c.get('histogram', []))} | "
                      f"{f(c, 'gen_seconds', '{:.1f}')} |")
     return "\n".join(lines)

@@ -69,12 +69,15 @@ def precision_recall(real, fake, k=3):
 
 def class_stats(logits, confident=0.9):
     """Class histogram of the argmax, its entropy / log K (1 = uniform), the share of samples whose top
-    softmax probability is >= `confident`, and each sample's top probability."""
+    softmax probability is >= `confident`, each sample's top probability, and the Inception-Score
+    formula on these logits, exp E_x KL(p(y|x) || p(y)) (between 1 and K; K = confident and uniform)."""
     p = torch.as_tensor(np.asarray(logits), dtype=torch.float64).softmax(1)
+    kl = (p * (p.clamp_min(1e-300).log() - p.mean(0, keepdim=True).log())).sum(1)
     top, pred = p.max(1)
     k = p.shape[1]
     hist = torch.bincount(pred, minlength=k).double() / len(p)
     nz = hist[hist > 0]
     entropy = float(-(nz * nz.log()).sum() / np.log(k))
     return dict(histogram=[round(float(h), 4) for h in hist], entropy_ratio=entropy,
-                confident_share=float((top >= confident).double().mean()), top_prob=top.float())
+                confident_share=float((top >= confident).double().mean()), score_is=float(kl.mean().exp()),
+                top_prob=top.float())

@@ -647,8 +647,12 @@ def test_class_stats_entropy_and_confidence():
     logits[np.arange(20), np.arange(20) % 4] = 10.0  # uniform over 4 classes, all confident
     s = class_stats(logits)
     assert math.isclose(s["entropy_ratio"], 1.0) and s["confident_share"] == 1.0 and s["histogram"] == [0.25] * 4
+    assert math.isclose(s["score_is"], 4.0, rel_tol=1e-6)  # confident and uniform: IS = K
     s = class_stats(np.zeros((10, 4)))  # all ties -> argmax 0, nobody confident
-    assert s["entropy_ratio"] == 0.0 and s["confident_share"] == 0.0
+    assert s["entropy_ratio"] == 0.0 and s["confident_share"] == 0.0 and math.isclose(s["score_is"], 1.0)
+    logits = np.full((20, 4), -10.0)
+    logits[:, 2] = 10.0  # confident but all one class: IS = 1
+    assert math.isclose(class_stats(logits)["score_is"], 1.0, rel_tol=1e-6)
 
 
 def _inception_or_skip():
@@ -948,3 +952,16 @@ def test_ddp_worker_death_is_reported_and_resumable(tmp_path):
     code, log = run("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", "train_ddpm.py",
                     *args, "--size", "16", "--steps", str(step + 2), "--resume", "--out", str(out), timeout=600)
     assert f"stopped (steps) at step {step + 2}" in log
+
+
+def test_bench_table_and_anchor_rows_skip_when_absent():
+    """bench.py end to end on tiny settings: a markdown row per mode, a sampling table, and the anchor
+    rows either measured or skipped with the reason (never a crash)."""
+    code, out = run("bench.py", "--quick", "--seconds", "0.05", "--models", "tiny,lucidrains-unet64",
+                    "--sample-batch", "4")
+    assert "matmul peaks on this machine" in out
+    rows = [line for line in out.splitlines() if line.startswith("| tiny | 1x28 |")]
+    assert len(rows) == 3 and all(float(r.split("|")[8]) > 0 for r in rows), out  # img/s column
+    anchor = [line for line in out.splitlines() if line.startswith("| lucidrains-unet64 |")]
+    assert len(anchor) == 2 and all("not installed" in r or float(r.split("|")[8]) > 0 for r in anchor), out
+    assert "| 1000 |" in out and "Sampling 1,000 1x28 images with the `tiny` preset" in out
