@@ -965,3 +965,14 @@ def test_bench_table_and_anchor_rows_skip_when_absent():
     anchor = [line for line in out.splitlines() if line.startswith("| lucidrains-unet64 |")]
     assert len(anchor) == 2 and all("not installed" in r or float(r.split("|")[8]) > 0 for r in anchor), out
     assert "| 1000 |" in out and "Sampling 1,000 1x28 images with the `tiny` preset" in out
+
+
+def test_anchor_lucidrains_writes_samples_fid_reads(tmp_path):
+    """The quality anchor trains for a few seconds and writes a samples.npz that fid.py can read."""
+    pytest.importorskip("denoising_diffusion_pytorch")
+    out = tmp_path / "anchor"
+    run_here("anchor_lucidrains.py", "--data", "maps", "--size", "16", "--n-maps", "64", "--minutes", "0.02",
+             "--dim", "8", "--steps", "2", "--n", "3", "--out", str(out))
+    from fid import read_samples
+    x = read_samples(str(out / "samples.npz"))
+    assert x.shape == (3, 3, 16, 16) and x.dtype == torch.uint8
