@@ -49,7 +49,7 @@ def main():
     p.add_argument("--size", type=int, default=None, help="image size for --floor (default: the dataset's)")
     p.add_argument("--metrics", default="fid,kid,pr", help="any of fid, kid, pr (precision/recall, k=3)")
     g = p.add_argument_group("sampling (with --ckpt)")
-    g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m (default ddim); zoom: improved, naive")
+    g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m (default ddim); zoom: naive (default), improved")
     g.add_argument("--steps", type=int, default=50)
     g.add_argument("--sweep-steps", default=None, help="comma-separated step counts: a FID-vs-NFE table")
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
@@ -119,21 +119,23 @@ def sample_jobs(args, device, precision):
         out = args.out or (args.samples if os.path.isdir(args.samples) else os.path.dirname(args.samples))
         yield os.path.basename(os.path.normpath(args.samples)), x, dict(source=args.samples, size=x.shape[-1]), out
         return
-    from sample import generate_from_checkpoint
+    from sample import generate_from_checkpoint, parse_labels
     steps = [int(s) for s in args.sweep_steps.split(",")] if args.sweep_steps else [args.steps]
     samplers = (args.samplers or args.sampler or "").split(",")
     for path in args.ckpt:
         ck = load_checkpoint(path)
         zoom = ck["kind"] == "zoom"
+        labels = parse_labels(None, args.n, ck)  # a class-conditional model draws every class in turn
         for sampler in samplers:
             for st, start in ([(None, s) for s in args.start.split(",")] if zoom else [(s, None) for s in steps]):
                 t0 = time.time()
                 x, info = generate_from_checkpoint(ck, args.n, device, sampler or (None if zoom else "ddim"),
-                                                   st, args.eta, start, args.noise, None, args.cfg, args.seed,
+                                                   st, args.eta, start, args.noise, labels, args.cfg, args.seed,
                                                    args.batch, precision, ema=not args.raw)
                 gen_s = time.time() - t0
                 label = f"{info['sampler']}" + (f"_{start}" if zoom else str(st))
                 card = dict(source=path, step=ck.get("step"), epoch=ck.get("epoch"), size=ck["args"]["size"],
+                            labels="every class in turn" if labels is not None else "unconditional",
                             ema=not args.raw, seed=args.seed, gen_seconds=round(gen_s, 1), **info)
                 yield label, to_uint8(x), card, args.out or os.path.dirname(path)
 

@@ -157,13 +157,13 @@ def generate_ddpm(model, sched, pred, n, device, sampler="ddim", steps=50, eta=0
 def generate_from_checkpoint(ck, n, device, sampler=None, steps=100, eta=0.0, start="bank", noise=0.0, labels=None,
                              cfg=None, seed=0, batch=256, precision="fp32", ema=True, progress=True, snapshots=None):
     """n images in [-1, 1] from any checkpoint of this project, and a short description with the NFE.
-    DDPM: sampler ancestral|ddim|dpmpp2m (default ancestral) over `steps`; zoom: improved|naive from `start`."""
+    DDPM: sampler ancestral|ddim|dpmpp2m (default ancestral) over `steps`; zoom: naive|improved (default naive) from `start`."""
     model = model_from_checkpoint(ck, ema=ema, device=device)
     if ck["kind"] == "zoom":
         from zoom import ZOOM_SAMPLERS, generate_zoom
-        sampler = sampler or "improved"
+        sampler = sampler or "naive"
         if sampler not in ZOOM_SAMPLERS:
-            raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler improved or naive")
+            raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler naive or improved")
         if cfg is not None or eta:
             raise UserError("--cfg and --eta are DDPM options; a zoom checkpoint samples deterministically from --start "
                             "(add --noise for variety)")
@@ -220,7 +220,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a training run's ckpt.pt")
     p.add_argument("--n", type=int, default=64, help="number of images")
-    p.add_argument("--sampler", default="ancestral", help=f"DDPM: {', '.join(SAMPLERS)}; zoom: improved (default), naive")
+    p.add_argument("--sampler", default="ancestral", help=f"DDPM: {', '.join(SAMPLERS)}; zoom: naive (default), improved")
     p.add_argument("--steps", type=int, default=100, help="sampling steps (NFE; x2 with CFG)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")

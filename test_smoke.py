@@ -976,3 +976,15 @@ def test_anchor_lucidrains_writes_samples_fid_reads(tmp_path):
     from fid import read_samples
     x = read_samples(str(out / "samples.npz"))
     assert x.shape == (3, 3, 16, 16) and x.dtype == torch.uint8
+
+
+def test_fid_samples_a_conditional_checkpoint_class_by_class(tmp_path):
+    """A class-conditional checkpoint is scored on every class in turn, and the card says so."""
+    import json
+    _inception_or_skip()
+    out = tmp_path / "zoom"
+    run_here("train_zoom_nearest.py", *TINY, "--data", "maps", "--size", "16", "--steps", "2", "--cond", "--out", str(out))
+    run_here("fid.py", "--ckpt", str(out / "ckpt.pt"), "--n", "4", "--n-ref", "4", "--metrics", "fid",
+             "--cache-dir", str(tmp_path / "cache"))
+    card = json.loads(open(out / "scores.jsonl").read())
+    assert card["labels"] == "every class in turn" and card["sampler"] == "naive" and card["nfe"] == 12

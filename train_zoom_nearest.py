@@ -1,7 +1,7 @@
 """Train Cold Zoom Diffusion with nearest interpolation (see zoom.py).
 
     python train_zoom_nearest.py --data mnist --data-root DIR --minutes 20
-    python sample.py --ckpt runs/zoom_mnist28/ckpt.pt --start bank --sampler improved
+    python sample.py --ckpt runs/zoom_mnist28/ckpt.pt --start bank --sampler naive
 """
 from trainer import train
 from zoom import ColdZoom
