@@ -114,10 +114,11 @@ def pytorch_fid_difference(inc, images):
         net = pf.InceptionV3([3]).eval()  # resize_input and normalize_input: pytorch-fid's defaults
     finally:
         pf.load_state_dict_from_url = orig
+    rgb = images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images  # pytorch-fid reads every image as RGB
     theirs = []
     with torch.no_grad():
-        for i in range(0, len(images), 50):
-            theirs.append(net(images[i:i + 50].float() / 255)[0].flatten(1))
+        for i in range(0, len(rgb), 50):
+            theirs.append(net(rgb[i:i + 50].float() / 255)[0].flatten(1))
     ours, _ = inc(images, progress=False)
     return float(np.abs(ours - torch.cat(theirs).numpy()).max())
 

@@ -704,7 +704,7 @@ def test_fid_check_inception_cli(tmp_path):
     pytest.importorskip("pytorch_fid.inception")
     from torchvision.utils import save_image
     for i, img in enumerate(_fixed_images()[:2]):
-        save_image(img.float() / 255, str(tmp_path / f"{i}.png"))
+        save_image(img[:1].float() / 255, str(tmp_path / f"{i}.png"))  # grey: repeated to RGB for both networks
     code, log = run_here("fid.py", "--check-inception", "--ref", f"folder:{tmp_path}", "--n", "2", "--size", "32")
     diff = float(log.split("2048 features: ")[1].split()[0])
     assert code == 0 and diff < 1e-4, log
