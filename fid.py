@@ -242,10 +242,15 @@ def check_inception(args, device):
           f"({time.time() - t0:.0f} s; weights sha256 {inc.sha256[:16]}…)")
 
 
+def kid_std_text(c):
+    """x1e3; n/a when one KID subset held both whole sets (N <= 1000): no spread to measure."""
+    return "n/a" if c.get("kid_std") is None else f"{c['kid_std'] * 1e3:.2f}"
+
+
 def one_line(label, c):
     parts = [f"{label}: {c['extractor']} FD {c['fd']:.2f}" if "fd" in c else f"{label}: {c['extractor']}"]
     if "kid" in c:
-        parts.append(f"KID {c['kid'] * 1e3:.2f}e-3 +- {c['kid_std'] * 1e3:.2f}e-3")
+        parts.append(f"KID {c['kid'] * 1e3:.2f}e-3 +- {kid_std_text(c)}e-3")
     if "precision" in c:
         parts.append(f"P {c['precision']:.3f} R {c['recall']:.3f}")
     if "entropy_ratio" in c:
@@ -261,7 +266,7 @@ def table(rows):
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     f = lambda c, k, fmt: (fmt.format(c[k]) if c.get(k) is not None else "")  # noqa: E731
     for label, c in rows:
-        kid_s = f"{c['kid'] * 1e3:.2f} ± {c['kid_std'] * 1e3:.2f}" if "kid" in c else ""
+        kid_s = f"{c['kid'] * 1e3:.2f} ± {kid_std_text(c)}" if "kid" in c else ""
         lines.append(f"| {label} | {c.get('step', '') or ''} | {c.get('nfe', '')} | {c['extractor']} | {c['n']} | "
                      f"{f(c, 'fd', '{:.2f}')} | {kid_s} | {f(c, 'precision', '{:.3f}')} | {f(c, 'recall', '{:.3f}')} | "
                      f"{f(c, 'entropy_ratio', '{:.3f}')} | {f(c, 'confident_share', '{:.3f}')} | "

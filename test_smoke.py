@@ -633,6 +633,9 @@ def test_kid_and_precision_recall():
     assert abs(same) < 1e-3 * far
     mean, std = kid(x, rng.normal(size=(400, 16)), subset=200, n_subsets=20)  # same law: 0 within noise
     assert abs(mean) < 3 * std, (mean, std)
+    # N <= subset: the one subset is both whole sets, so there is no spread to report (not a fake 0)
+    whole, std = kid(x, x + 3.0, subset=1000, n_subsets=5)
+    assert std is None and whole > 0
     p, r = precision_recall(x, x.copy())
     assert p == 1.0 and r == 1.0
     p, r = precision_recall(x, x + 100.0)  # disjoint manifolds
