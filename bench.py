@@ -22,6 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from cli import machine_name
+
 
 def matmul_peak(dtype, n=2048, reps=10):
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -153,8 +155,8 @@ def main():
         return
     torch.set_num_threads(os.cpu_count() or 1)
     fp32, bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    print(f"matmul peaks on this machine: fp32 {fp32:.2f} TFLOP/s, bf16 {bf16:.2f} TFLOP/s "
-          f"({os.cpu_count()} threads, torch {torch.__version__})\n")
+    print(f"matmul peaks on this machine ({machine_name(torch.device('cpu'))}; torch {torch.__version__}): "
+          f"fp32 {fp32:.2f} TFLOP/s, bf16 {bf16:.2f} TFLOP/s\n")
     print("| model | input | precision | channels_last | compile | params M | GFLOP/img (train step) | img/s | "
           "TFLOP/s | % of bf16 peak | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -54,6 +54,20 @@ def cpu_has_fast_bf16():
         return False
 
 
+def machine_name(device):
+    """What the numbers were measured on: the GPU's name, or the CPU model and its bf16 support."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+        bf16 = "AMX" if "amx_bf16" in text else "AVX512-bf16" if "avx512_bf16" in text else "no fast bf16"
+    except OSError:
+        model, bf16 = "?", "?"
+    return f"{model}, {os.cpu_count()} threads, {bf16}"
+
+
 def resolve_precision(precision, device):
     if precision == "auto":
         if device.type == "cuda":

@@ -359,7 +359,8 @@ def test_improved_sampler_with_perfect_restorer_recovers_x0(mode):
 
 def test_zoom_start_states_shapes_and_seeds():
     from data import make_maps
-    from zoom import STARTS, start_stats, start_states
+    from data import to_model
+    from zoom import STARTS, enlarge, final_windows, start_stats, start_states
     data = make_maps(64, 16, seed=0)
     stats = start_stats(data.images, 4)
     assert torch.allclose(stats["hist"].sum(1), torch.ones(3))
@@ -369,6 +370,14 @@ def test_zoom_start_states_shapes_and_seeds():
         assert a.shape == (5, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
         assert torch.allclose(a[3:], b)  # per-image seeds
         assert len(a[0, 0].unique()) <= 16
+    # class-conditional: bank states come from windows of the class asked for
+    stats = start_stats(data.images, 4, labels=data.labels)
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    a = start_states(stats, "bank", 5, 3, 16, "nearest", seed=1, labels=labels)
+    finals = enlarge(final_windows(to_model(data.images), 4), 16, "nearest")
+    for img, k in zip(a, labels):
+        match = (img[None] - finals).abs().flatten(1).amax(1) < 1e-2  # the bank is fp16
+        assert match.any() and (data.labels[match] == k).all()
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])

@@ -28,7 +28,8 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, save_atomic
-from cli import UserError, add_run_args, autocast, resolve_device, resolve_precision, run_cli, set_threads
+from cli import (UserError, add_run_args, autocast, machine_name, resolve_device, resolve_precision, run_cli,
+                 set_threads)
 from data import DataError, add_data_args, augment_batch, data_from_args, to_model
 from nn_unet import PRESETS, build_unet
 
@@ -244,7 +245,7 @@ def _train(objective, args, parser):
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "config.json"), "w") as f:
             json.dump({**vars(args), "kind": objective.kind, "precision": precision, "world_size": world,
-                       "model_config": model.config}, f, indent=1)
+                       "machine": machine_name(device), "model_config": model.config}, f, indent=1)
     ckpt_path = os.path.join(args.out, "ckpt.pt") if main else None
 
     def last_good():

@@ -59,8 +59,8 @@ def fit_gmm(x, k=10, iters=50, seed=0):
     return {"weights": w.float(), "means": means.float(), "chol": torch.linalg.cholesky(covs).float()}
 
 
-def start_stats(images, final_size, bank_size=4096, seed=0):
-    """Everything the start states need, from the training images (uint8)."""
+def start_stats(images, final_size, bank_size=4096, seed=0, labels=None):
+    """Everything the start states need, from the training images (uint8) and, if any, their labels."""
     win = to_model(final_windows(images, final_size))  # (M, C, f, f) in [-1, 1]
     c = win.shape[1]
     u8 = ((win + 1) * 127.5).round().long().clamp(0, 255)
@@ -68,12 +68,16 @@ def start_stats(images, final_size, bank_size=4096, seed=0):
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(win), generator=g)[:bank_size]
     gmm = fit_gmm(win[pick[:2000]].flatten(1), seed=seed)
-    return {"hist": hist / hist.sum(1, keepdim=True), "mean": win.mean(dim=(0, 2, 3)),
-            "bank": win[pick].half(), "gmm": gmm, "final_size": final_size}
+    stats = {"hist": hist / hist.sum(1, keepdim=True), "mean": win.mean(dim=(0, 2, 3)),
+             "bank": win[pick].half(), "gmm": gmm, "final_size": final_size}
+    if labels is not None:  # a class-conditional restorer starts from windows of the class it is asked for
+        stats["bank_labels"] = labels[pick].clone()
+    return stats
 
 
-def start_states(stats, kind, n, c, size, mode, seed=0, first_index=0):
-    """n final states x_T (n, c, size, size); image i depends only on (seed, first_index + i)."""
+def start_states(stats, kind, n, c, size, mode, seed=0, first_index=0, labels=None):
+    """n final states x_T (n, c, size, size); image i depends only on (seed, first_index + i).
+    With labels (and a bank that has them), `bank` draws image i from the windows of class labels[i]."""
     f = stats["final_size"]
     gens = [torch.Generator().manual_seed(seed * 1_000_003 + first_index + i) for i in range(n)]
     if kind == "hist":  # iid pixels, per channel, from the final-window histogram
@@ -82,8 +86,11 @@ def start_states(stats, kind, n, c, size, mode, seed=0, first_index=0):
     elif kind == "single":
         w = stats["mean"].view(1, c, 1, 1).expand(n, c, f, f).float()
     elif kind == "bank":
-        bank = stats["bank"].float()
-        w = torch.stack([bank[torch.randint(len(bank), (1,), generator=g)[0]] for g in gens])
+        bank, pools = stats["bank"].float(), [torch.arange(len(stats["bank"]))] * n
+        if labels is not None and "bank_labels" in stats:
+            by_class = {int(k): (stats["bank_labels"] == k).nonzero()[:, 0] for k in labels.unique()}
+            pools = [by_class[int(k)] if len(by_class[int(k)]) else pools[0] for k in labels.cpu()]
+        w = torch.stack([bank[p[torch.randint(len(p), (1,), generator=g)[0]]] for p, g in zip(pools, gens)])
     elif kind == "gmm":
         gm = stats["gmm"]
         comp = torch.stack([torch.multinomial(gm["weights"], 1, generator=g)[0] for g in gens])
@@ -129,9 +136,9 @@ def generate_zoom(model, stats, T, mode, n, device, start="bank", sampler="naive
     bar = tqdm(total=n, disable=not progress, unit="img", desc=f"zoom {sampler} from {start}")
     for b0 in range(0, n, batch):
         m = min(batch, n - b0)
-        x = start_states(stats, start, m, c, size, mode, seed, first_index + b0).to(device)
-        noise = PerImageNoise(seed + 7, range(first_index + b0, first_index + b0 + m), (c, size, size), device)
         lab = None if labels is None else labels[b0:b0 + m].to(device)
+        x = start_states(stats, start, m, c, size, mode, seed, first_index + b0, lab).to(device)
+        noise = PerImageNoise(seed + 7, range(first_index + b0, first_index + b0 + m), (c, size, size), device)
         cb = None
         if snapshots is not None and b0 == 0:
             snapshots.append((T, x.float().cpu(), x.float().cpu()))
@@ -166,7 +173,8 @@ class ColdZoom:
         self.args, self.T = args, data.size - args.final_size
         self.num_classes = data.num_classes if args.cond else 0
         if not hasattr(self, "stats"):
-            self.stats = start_stats(data.images, args.final_size, seed=args.seed)
+            self.stats = start_stats(data.images, args.final_size, seed=args.seed,
+                                     labels=data.labels if args.cond else None)
         args.mode = self.mode
 
     def model_kwargs(self, args):
