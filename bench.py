@@ -8,7 +8,8 @@
 Training rows: images/s of one optimiser step (eps-prediction MSE, AdamW, batch 32), median over
 timed steps after warm-up; achieved TFLOP/s = torch's FLOP counter for that step x steps/s, next
 to the matmul peaks measured at the start of the same run. Sampling rows: the median time of one
-network evaluation on a batch of 250 images, times NFE x 4 = the time to sample 1,000 images.
+network evaluation on a batch of 250 images, times NFE x 4 = the time to sample 1,000 images; then
+the default sampler timed end to end on 1,000 images (20 with --quick).
 """
 import argparse
 import json
@@ -104,6 +105,13 @@ def run_row(row):
                 times.append(time.perf_counter() - t0)
         per_nfe = statistics.median(times) / b
         out["s_per_1000"] = {str(n): per_nfe * 1000 * n for n in row["nfes"]}
+        if row.get("e2e_n"):  # the default sampler end to end, its noise draws and bookkeeping included
+            from sample import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm
+            from schedules import Schedule
+            t0 = time.perf_counter()
+            generate_ddpm(net, Schedule.make("cosine", 1000), "eps", row["e2e_n"], "cpu", precision=row["precision"])
+            out["e2e"] = dict(sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, n=row["e2e_n"],
+                              seconds=time.perf_counter() - t0)
     out["peak_mem_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -131,7 +139,8 @@ def rows_for(args):
     model, c, s = ("small", 3, 32) if ("small", 3, 32) in left else (left[0] if left else (None, 0, 0))
     if model:
         rows.append(dict(model=model, channels=c, size=s, precision="bf16", channels_last=False, compile=False,
-                         task="sample", nfes=[10, 20, 50, 100, 1000], batch=args.sample_batch))
+                         task="sample", nfes=[10, 20, 50, 100, 1000], batch=args.sample_batch,
+                         e2e_n=20 if args.quick else 1000))
     for r in rows:
         r.setdefault("batch", 32)
         r["seconds"] = args.seconds
@@ -185,6 +194,9 @@ def main():
         print("|---|---|")
         for nfe, sec in res["s_per_1000"].items():
             print(f"| {nfe} | {sec:.0f} |")
+        e = res["e2e"]
+        print(f"\nThe default sampler end to end (`{e['sampler']}`, {e['steps']} steps, as `python sample.py` runs it, "
+              f"batch 256): {e['seconds']:.1f} s for {e['n']:,} images.")
 
 
 if __name__ == "__main__":

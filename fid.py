@@ -52,8 +52,10 @@ def main():
     p.add_argument("--size", type=int, default=None, help="image size for --floor (default: the dataset's)")
     p.add_argument("--metrics", default="fid,kid,pr", help="any of fid, kid, pr (precision/recall, k=3)")
     g = p.add_argument_group("sampling (with --ckpt)")
-    g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m (default ddim); zoom: naive (default), improved")
-    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m, dpmpp2m_sde (default: sample.py's); "
+                   "zoom: naive (default), improved")
+    g.add_argument("--steps", type=int, default=None, help="DDPM sampling steps (default: sample.py's)")
+    g.add_argument("--spacing", default=None, help="uniform or karras (default: the sampler's own, see sample.py)")
     g.add_argument("--sweep-steps", default=None, help="comma-separated step counts: a FID-vs-NFE table")
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
     g.add_argument("--eta", type=float, default=0.0)
@@ -123,7 +125,12 @@ def sample_jobs(args, device, precision):
         yield os.path.basename(os.path.normpath(args.samples)), x, dict(source=args.samples, size=x.shape[-1]), out
         return
     from sample import generate_from_checkpoint, parse_labels
-    steps = [int(s) for s in args.sweep_steps.split(",")] if args.sweep_steps else [args.steps]
+    try:
+        steps = [int(s) for s in args.sweep_steps.split(",")] if args.sweep_steps else [args.steps]
+    except ValueError:
+        raise UserError(f"--sweep-steps {args.sweep_steps}: give comma-separated step counts, e.g. 10,20,50")
+    if any(s is not None and s < 1 for s in steps):
+        raise UserError("--steps and --sweep-steps must be positive")
     samplers = (args.samplers or args.sampler or "").split(",")
     for path in args.ckpt:
         ck = load_checkpoint(path)
@@ -132,11 +139,11 @@ def sample_jobs(args, device, precision):
         for sampler in samplers:
             for st, start in ([(None, s) for s in args.start.split(",")] if zoom else [(s, None) for s in steps]):
                 t0 = time.time()
-                x, info = generate_from_checkpoint(ck, args.n, device, sampler or (None if zoom else "ddim"),
-                                                   st, args.eta, start, args.noise, labels, args.cfg, args.seed,
-                                                   args.batch, precision, ema=not args.raw)
+                x, info = generate_from_checkpoint(ck, args.n, device, sampler or None, st, args.eta, start,
+                                                   args.noise, labels, args.cfg, args.seed, args.batch, precision,
+                                                   ema=not args.raw, spacing=args.spacing)
                 gen_s = time.time() - t0
-                label = f"{info['sampler']}" + (f"_{start}" if zoom else str(st))
+                label = f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
                 card = dict(source=path, step=ck.get("step"), epoch=ck.get("epoch"), size=ck["args"]["size"],
                             labels="every class in turn" if labels is not None else "unconditional",
                             ema=not args.raw, seed=args.seed, gen_seconds=round(gen_s, 1), **info)

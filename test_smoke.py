@@ -17,6 +17,7 @@ sys.path.insert(0, HERE)
 SHARED_DATA = os.path.join(HERE, "..", "shared", "data")
 
 from nn_unet import build_unet, UNet  # noqa: E402
+from cli import UserError  # noqa: E402
 from schedules import Schedule, make_betas  # noqa: E402
 import sample as S  # noqa: E402
 
@@ -168,7 +169,7 @@ def test_respaced_ddim_eta1_equals_respaced_ancestral():
     sched = Schedule.make("cosine", 100)
     m = tiny_model()
     d = S.make_denoiser(m, sched, "v")
-    ts = S.timesteps_for(100, 10)
+    ts = S.timesteps_for(sched, 10)
     with torch.no_grad():
         xa = S.sample_ancestral(d, sched, Recorded((2, 1, 8, 8))(), ts, Recorded((2, 1, 8, 8), 1))
         xd = S.sample_ddim(d, sched, Recorded((2, 1, 8, 8))(), ts, Recorded((2, 1, 8, 8), 1), eta=1.0)
@@ -186,9 +187,82 @@ def test_samplers_recover_data_with_a_perfect_denoiser():
         return x0, (x - sched._at(sched.abar.sqrt(), tt, x) * x0) / sched._at((1 - sched.abar).sqrt(), tt, x), None
 
     for name in S.SAMPLERS:
-        x = S.run_sampler(name, perfect, sched, torch.randn(3, 1, 4, 4), S.timesteps_for(1000, 20),
+        x = S.run_sampler(name, perfect, sched, torch.randn(3, 1, 4, 4), S.timesteps_for(sched, 20),
                           Recorded((3, 1, 4, 4)))
         assert torch.allclose(x, target.expand_as(x), atol=1e-4), name
+
+
+def gaussian_denoiser(sched, s2):
+    """The exact denoiser for data N(0, s2): E[x0 | x_t] = α s2 x_t / (α² s2 + σ²)."""
+    def d(x, t):
+        tt = torch.full((x.shape[0],), int(t))
+        a, sg = sched._at(sched.abar.sqrt(), tt, x), sched._at((1 - sched.abar).sqrt(), tt, x)
+        x0 = a * s2 * x / (a * a * s2 + sg * sg)
+        return x0, (x - a * x0) / sg, None
+    return d
+
+
+def test_ode_samplers_converge_at_their_order_on_gaussian_data():
+    """For data N(0, s2) the probability-flow ODE keeps x_t / √(ᾱ s2 + 1 - ᾱ) fixed, so its exact end
+    is known: DDIM is first order (error halves as steps double), DPM-Solver++(2M) second (÷4)."""
+    sched, s2 = Schedule.make("linear", 1000), 0.25
+    d = gaussian_denoiser(sched, s2)
+    x_T = torch.randn(512, 1, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ratios = {}
+    for name in ("ddim", "dpmpp2m"):
+        errs = []
+        for n in (20, 40, 80):
+            ts = S.timesteps_for(sched, n, "karras")
+            var = sched.abar[ts] * s2 + 1 - sched.abar[ts]
+            want = d(x_T * (var[0] / var[-1]).sqrt(), ts[0])[0]  # the ODE carried to t_0, then denoised
+            errs.append((S.run_sampler(name, d, sched, x_T.clone(), ts, None) - want).abs().max().item())
+        ratios[name] = [errs[0] / errs[1], errs[1] / errs[2]]
+    assert all(1.8 < r < 2.3 for r in ratios["ddim"]), ratios
+    assert all(r > 3.5 for r in ratios["dpmpp2m"]), ratios
+
+
+def test_dpmpp2m_step_is_algorithm_2_of_the_paper():
+    """Two steps by hand: a first-order step, then D = x0 + h / (2 h_prev) (x0 - x0_prev) (Lu et al. 2022,
+    Alg. 2, r = h_prev / h) on deliberately unequal steps."""
+    sched = Schedule.make("cosine", 1000)
+    ts = torch.tensor([100, 400, 900])
+    lam = (0.5 * torch.log(sched.abar / (1 - sched.abar))).tolist()
+    al, sg = sched.abar.sqrt().tolist(), (1 - sched.abar).sqrt().tolist()
+    pred = {900: 0.7, 400: 0.1, 100: -0.3}  # x0 predictions at each t, whatever x is
+    d = lambda x, t: (torch.full_like(x, pred[int(t)]), torch.zeros_like(x), None)
+    got = {}
+    S.run_sampler("dpmpp2m", d, sched, torch.ones(1, 1, 1, 1), ts, None, callback=lambda i, x, x0: got.setdefault(i, x))
+    h1, h2 = lam[400] - lam[900], lam[100] - lam[400]
+    x1 = sg[400] / sg[900] * 1.0 - al[400] * math.expm1(-h1) * 0.7
+    x2 = sg[100] / sg[400] * x1 - al[100] * math.expm1(-h2) * (0.1 + h2 / (2 * h1) * (0.1 - 0.7))
+    assert abs(got[2].item() - x1) < 1e-5 and abs(got[1].item() - x2) < 1e-5, (got, x1, x2)
+
+
+def test_sde_sampler_draws_the_right_variance_on_gaussian_data():
+    """SDE-DPM-Solver++(2M) on data N(0, s2): the samples' variance is the denoised marginal's."""
+    sched, s2 = Schedule.make("linear", 1000), 0.25
+    g = torch.Generator().manual_seed(0)
+    noise = lambda: torch.randn(20000, 1, 1, 1, dtype=torch.float64, generator=g)
+    ts = S.timesteps_for(sched, 200, "karras")
+    x = S.run_sampler("dpmpp2m_sde", gaussian_denoiser(sched, s2), sched, noise(), ts, noise)
+    a = sched.abar[ts[0]].item()
+    assert abs(x.mean().item()) < 0.01 and abs(x.var().item() - a * s2 * s2 / (a * s2 + 1 - a)) < 0.01
+
+
+def test_timestep_spacings():
+    sched = Schedule.make("cosine", 1000)
+    for n in (5, 15, 50, 200, 999):
+        for spacing in S.SPACINGS:
+            ts = S.timesteps_for(sched, n, spacing)
+            assert len(ts) == n and ts[0] == 0 and ts[-1] == 999 and (ts.diff() > 0).all(), (n, spacing)
+    k = S.timesteps_for(sched, 15, "karras")
+    sigma = ((1 - sched.abar) / sched.abar).sqrt()
+    assert sigma[k[-2]] < 85 < sigma[k[-1]]  # start at pure noise, then from σ_max = 80 down (EDM)
+    lin = S.timesteps_for(Schedule.make("linear", 1000), 15, "karras").diff()
+    assert lin[0] < lin[-1]  # denser at low noise
+    assert len(S.timesteps_for(sched, 5000, "karras")) == 1000
+    with pytest.raises(UserError):
+        S.timesteps_for(sched, 10, "quadratic")
 
 
 def test_cfg_scale_zero_is_unconditional_and_one_is_conditional():
@@ -204,14 +278,16 @@ def test_cfg_scale_zero_is_unconditional_and_one_is_conditional():
     assert not torch.allclose(uncond, cond, atol=1e-4)
 
 
-def test_images_do_not_change_with_batch_size():
+@pytest.mark.parametrize("sampler,steps", [("ancestral", 20), ("dpmpp2m_sde", 8), (None, None)])
+def test_images_do_not_change_with_batch_size(sampler, steps):
     sched = Schedule.make("linear", 20)
     m = tiny_model()
-    a = S.generate_ddpm(m, sched, "eps", 5, "cpu", "ancestral", 20, seed=3, batch=5)
-    b = S.generate_ddpm(m, sched, "eps", 5, "cpu", "ancestral", 20, seed=3, batch=2)
+    a = S.generate_ddpm(m, sched, "eps", 5, "cpu", sampler, steps, seed=3, batch=5)
+    b = S.generate_ddpm(m, sched, "eps", 5, "cpu", sampler, steps, seed=3, batch=2)
     assert torch.allclose(a, b, atol=1e-5)
-    c = S.generate_ddpm(m, sched, "eps", 2, "cpu", "ancestral", 20, seed=3, first_index=3)
+    c = S.generate_ddpm(m, sched, "eps", 2, "cpu", sampler, steps, seed=3, first_index=3)
     assert torch.allclose(a[3:], c, atol=1e-5)
+    assert not torch.allclose(a, S.generate_ddpm(m, sched, "eps", 5, "cpu", sampler, steps, seed=4))  # seed matters
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -319,6 +395,7 @@ def test_main_job_defaults_are_maps_small_15_minutes():
     obj.add_args(p)
     a = p.parse_args([])
     assert a.data == "maps" and a.preset == "small" and a.minutes is None  # None -> 15 min in _train
+    assert (a.grid_sampler, a.grid_steps) == (S.DEFAULT_SAMPLER, S.DEFAULT_STEPS) == ("dpmpp2m_sde", 15)
 
 
 # ---- Cold Zoom --------------------------------------------------------------------------------
@@ -571,6 +648,14 @@ def test_more_bad_input_one_line_exit_2(tmp_path):
     run_here("train_zoom_nearest.py", *TINY, "--data", "maps", "--size", "16", "--steps", "1", "--out", str(zoom))
     one_line_error(*run_here("sample.py", "--ckpt", str(zoom / "ckpt.pt"), "--sampler", "ddim", ok=False))
     one_line_error(*run_here("sample.py", "--ckpt", str(zoom / "ckpt.pt"), "--cfg", "3", ok=False))
+    one_line_error(*run_here("sample.py", "--ckpt", str(zoom / "ckpt.pt"), "--spacing", "karras", ok=False))
+    one_line_error(*run_here("sample.py", "--ckpt", str(zoom / "ckpt.pt"), "--spacing", "quadratic", ok=False))
+    one_line_error(*run_here("fid.py", "--ckpt", str(zoom / "ckpt.pt"), "--sweep-steps", "10,x", "--ref", "maps:test",
+                             ok=False))
+    one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--grid-steps", "0",
+                             "--out", str(tmp_path / "g"), ok=False))
+    one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--grid-sampler", "heun",
+                             "--out", str(tmp_path / "g"), ok=False))
 
 
 def test_divergence_never_overwrites_a_good_checkpoint(tmp_path):
@@ -955,6 +1040,8 @@ def test_bench_table_and_anchor_rows_skip_when_absent():
     anchor = [line for line in out.splitlines() if line.startswith("| lucidrains-unet64 |")]
     assert len(anchor) == 2 and all("not installed" in r or float(r.split("|")[8]) > 0 for r in anchor), out
     assert "| 1000 |" in out and "Sampling 1,000 1x28 images with the `tiny` preset" in out
+    assert f"The default sampler end to end (`{S.DEFAULT_SAMPLER}`, {S.DEFAULT_STEPS} steps" in out
+    assert float(out.split("batch 256): ")[1].split(" s for 20 images")[0]) > 0, out
 
 
 def test_anchor_lucidrains_writes_samples_fid_reads(tmp_path):

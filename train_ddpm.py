@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from sample import generate_ddpm
+from cli import UserError
+from sample import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, generate_ddpm
 from schedules import Schedule
 from trainer import train
 
@@ -44,10 +45,13 @@ class DDPM:
         g.add_argument("--pred", default="eps", choices=["eps", "x0", "v"], help="what the network predicts")
         g.add_argument("--min-snr", type=float, default=0.0, help="min-SNR-γ loss weighting (0: off; 5 is usual)")
         g.add_argument("--learn-sigma", action="store_true", help="learned variance + hybrid loss (improved DDPM)")
-        g.add_argument("--grid-sampler", default="ancestral", help="sampler for the progress grids (stochastic samplers look cleaner on short runs)")
-        g.add_argument("--grid-steps", type=int, default=100)
+        g.add_argument("--grid-sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
+                       help="sampler for the progress grids (stochastic samplers look cleaner on short runs)")
+        g.add_argument("--grid-steps", type=int, default=DEFAULT_STEPS)
 
     def setup(self, args, data):
+        if args.grid_steps < 1:
+            raise UserError(f"--grid-steps {args.grid_steps}: give a positive number of sampling steps")
         self.args = args
         self.sched = Schedule.make(args.schedule, args.T)
         self.num_classes = data.num_classes if args.cond else 0
