@@ -5,7 +5,7 @@
     python fid.py --floor mnist:train --ref mnist:test --data-root ../shared/data     # real vs real
     python fid.py --floor noise --ref mnist:test --data-root ../shared/data           # uniform noise
     python fid.py --check-inception --ref mnist:test --n 100 --data-root ../shared/data   # = pytorch-fid?
-    python fid.py --ckpt RUN/ckpt.pt --sweep-steps 10,20,50,100 --samplers ddim,dpmpp2m   # FID vs NFE
+    python fid.py --ckpt RUN/ckpt.pt --sweep-steps 10,20,50,100 --samplers dpmpp2m_sde,ancestral   # FID vs NFE
     python fid.py --ckpt RUN/ckpt_epoch*.pt                                              # FID vs epoch
 
 Extractors (--extractor): `inception` (the standard FID; default) and `classifier` (a small CNN that

@@ -846,9 +846,11 @@ def test_fid_cli_checkpoint_sweep_and_samples(tmp_path):
     code, log = run_here("fid.py", "--ckpt", str(out / "ckpt.pt"), "--n", "6", "--n-ref", "6", "--sweep-steps", "1,2",
                          "--cache-dir", str(cache), "--device", "cpu")
     cards = [json.loads(line) for line in open(out / "scores.jsonl")]
-    assert [c["nfe"] for c in cards] == [1, 2] and "| ddim1 |" in log and "| ddim2 |" in log
+    d = S.DEFAULT_SAMPLER  # fid.py samples as sample.py does by default
+    assert [c["nfe"] for c in cards] == [1, 2] and f"| {d}1 |" in log and f"| {d}2 |" in log
     for c in cards:
-        assert c["ref"] == "maps:test" and c["n"] == 6 and c["n_ref"] == 6 and c["ema"] and c["sampler"] == "ddim"
+        assert c["ref"] == "maps:test" and c["n"] == 6 and c["n_ref"] == 6 and c["ema"] and c["sampler"] == d
+        assert c["spacing"] == "karras"
         assert c["fd"] > 0 and 0 <= c["precision"] <= 1 and len(c["extractor_sha256"]) == 64 and "299" in c["resize"]
     run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "6", "--steps", "2", "--out", str(tmp_path / "s"),
              "--device", "cpu")
