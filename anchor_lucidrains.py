@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import UserError, run_cli, set_threads
+from cli import UserError, run_cli
+from machine import set_threads
 from data import add_data_args, augment_batch, data_from_args, to_uint8
 
 

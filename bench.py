@@ -1,10 +1,14 @@
 """Speed benchmark: one markdown table, each row measured in its own process (so peak memory is per row).
 
-    python bench.py                      # presets x precisions, sampler timings, anchors if installed
-    python bench.py --quick              # fewer rows (CI-sized)
+    python bench.py                      # presets x native precisions, sampler timings, anchors if installed
+    python bench.py --quick              # fewer rows, under a minute
+    python bench.py --precisions fp32,bf16   # also time precisions the machine only emulates
     python bench.py --compile            # add torch.compile rows (slow to compile on CPU)
+    python bench.py --device cuda:0      # the same table on a GPU
     pip install diffusers denoising-diffusion-pytorch   # adds the anchor rows, timed the same way
 
+Precisions: by default the ones the machine runs natively (machine.py: bf16 only on CPUs with AMX or
+AVX512-bf16 and on GPUs); the others are listed as skipped with the reason.
 Training rows: images/s of one optimiser step (eps-prediction MSE, AdamW, batch 32), median over
 timed steps after warm-up; achieved TFLOP/s = torch's FLOP counter for that step x steps/s, next
 to the matmul peaks measured at the start of the same run. Sampling rows: the median time of one
@@ -23,17 +27,28 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cli import machine_name
+from cli import UserError, resolve_device, run_cli
+from machine import PRECISIONS, autocast, describe, native_precisions, set_threads, setup_device
 
 
-def matmul_peak(dtype, n=2048, reps=10):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def timer(device):
+    """perf_counter that waits for the GPU's queue first, so a time is the work's, not the launch's."""
+    def now():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return now
+
+
+def matmul_peak(dtype, device, n=2048, reps=10):
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    now = timer(device)
     a @ b
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = now()
         a @ b
-        times.append(time.perf_counter() - t0)
+        times.append(now() - t0)
     return 2 * n ** 3 / statistics.median(times) / 1e12
 
 
@@ -57,26 +72,30 @@ def build(row):
 
 def run_row(row):
     torch.manual_seed(0)
+    device = torch.device(row["device"])
+    setup_device(device)
+    now = timer(device)
     net, f = build(row)
     mem = torch.channels_last if row["channels_last"] else torch.contiguous_format
-    net = net.to(memory_format=mem)
-    dtype = torch.bfloat16 if row["precision"] == "bf16" else None
-    ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else (lambda: torch.autocast("cpu", enabled=False))
+    net = net.to(device, memory_format=mem)
+    ctx = lambda: autocast(device, row["precision"])
     if row["compile"]:
         f = torch.compile(f)
     b, c, s = row["batch"], row["channels"], row["size"]
-    x = torch.randn(b, c, s, s).contiguous(memory_format=mem)
-    t = torch.randint(0, 1000, (b,))
+    x = torch.randn(b, c, s, s, device=device).contiguous(memory_format=mem)
+    t = torch.randint(0, 1000, (b,), device=device)
     out = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6}
     if row["task"] == "train":
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler(device.type, enabled=row["precision"] == "fp16")
 
         def step():
             with ctx():
                 loss = F.mse_loss(f(x, t).float(), x)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
         from torch.utils.flop_counter import FlopCounterMode
         for _ in range(2):
@@ -86,11 +105,11 @@ def run_row(row):
                 step()
             out["gflop_per_img"] = fc.get_total_flops() / b / 1e9
         times = []
-        t_end = time.perf_counter() + row["seconds"]
-        while time.perf_counter() < t_end or len(times) < 3:
-            t0 = time.perf_counter()
+        t_end = now() + row["seconds"]
+        while now() < t_end or len(times) < 3:
+            t0 = now()
             step()
-            times.append(time.perf_counter() - t0)
+            times.append(now() - t0)
         out["img_s"] = b / statistics.median(times)
         if "gflop_per_img" in out:
             out["tflops"] = out["gflop_per_img"] * out["img_s"] / 1e3
@@ -100,58 +119,67 @@ def run_row(row):
             f(x, t)
             times = []
             for _ in range(3):
-                t0 = time.perf_counter()
+                t0 = now()
                 f(x, t)
-                times.append(time.perf_counter() - t0)
+                times.append(now() - t0)
         per_nfe = statistics.median(times) / b
         out["s_per_1000"] = {str(n): per_nfe * 1000 * n for n in row["nfes"]}
         if row.get("e2e_n"):  # the default sampler end to end, its noise draws and bookkeeping included
             from sample import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm
             from schedules import Schedule
-            t0 = time.perf_counter()
-            generate_ddpm(net, Schedule.make("cosine", 1000), "eps", row["e2e_n"], "cpu", precision=row["precision"])
-            out["e2e"] = dict(sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, n=row["e2e_n"],
-                              seconds=time.perf_counter() - t0)
-    out["peak_mem_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            t0 = now()
+            generate_ddpm(net, Schedule.make("cosine", 1000), "eps", row["e2e_n"], device, precision=row["precision"])
+            out["e2e"] = dict(sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, n=row["e2e_n"], seconds=now() - t0)
+    out["peak_mem_MB"] = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else
+                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
 
 
-def rows_for(args):
+def rows_for(args, precisions):
+    """The rows to time, and the (precision, why) pairs left out."""
     rows = []
     ours = [("tiny", 1, 28), ("small", 3, 32), ("small", 3, 64), ("medium", 3, 32), ("base", 3, 32)]
+    modes = [(p, False, False) for p in precisions]
+    if not args.quick:
+        modes += [(p, True, False) for p in precisions if p != "fp32"]  # channels_last pays with autocast only
+    if args.compile:
+        modes.append((precisions[0], False, True))
     if args.quick:
         ours = [("tiny", 1, 28), ("small", 3, 32)]
-    modes = [("fp32", False, False), ("bf16", False, False), ("bf16", True, False)]
-    if args.compile:
-        modes.append(("bf16", False, True))
     for model, c, s in ours:
         for prec, cl, comp in modes:
             rows.append(dict(model=model, channels=c, size=s, precision=prec, channels_last=cl, compile=comp,
                              task="train"))
+    keep = set(args.models.split(",")) if args.models else None
     for model in ("lucidrains-unet64", "diffusers-ddpm-cifar10"):
-        for prec in ("fp32", "bf16"):
+        if args.quick and (keep is None or model not in keep):
+            continue  # a quick table has our presets only, unless an anchor is named in --models
+        for prec in precisions:
             rows.append(dict(model=model, channels=3, size=32, precision=prec, channels_last=False, compile=False,
                              task="train"))
-    keep = set(args.models.split(",")) if args.models else None
     rows = [r for r in rows if keep is None or r["model"] in keep]
-    # Sampling speed of the 32x32x3 default preset (or the first preset left by --models).
+    # Sampling speed of the 32x32x3 default preset (or the first preset left by --models), in the machine's
+    # own precision: what sample.py would use.
     left = [o for o in ours if keep is None or o[0] in keep]
     model, c, s = ("small", 3, 32) if ("small", 3, 32) in left else (left[0] if left else (None, 0, 0))
     if model:
-        rows.append(dict(model=model, channels=c, size=s, precision="bf16", channels_last=False, compile=False,
-                         task="sample", nfes=[10, 20, 50, 100, 1000], batch=args.sample_batch,
+        rows.append(dict(model=model, channels=c, size=s, precision=precisions[0], channels_last=False,
+                         compile=False, task="sample", nfes=[4, 10, 15, 50, 100, 1000], batch=args.sample_batch,
                          e2e_n=20 if args.quick else 1000))
     for r in rows:
         r.setdefault("batch", 32)
-        r["seconds"] = args.seconds
+        r["seconds"], r["device"] = args.seconds, args.device
     return rows
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="two presets, native precisions, 2 s a row, no anchors")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per training row")
+    p.add_argument("--seconds", type=float, default=None, help="timed seconds per training row (default 8, quick 2)")
+    p.add_argument("--precisions", default=None,
+                   help="comma-separated precisions to time (default: the ones this machine runs natively)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--models", default=None, help="comma-separated subset of rows by model, e.g. small,lucidrains-unet64")
     p.add_argument("--sample-batch", type=int, default=250, help="batch for the sampling-speed row")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row in this process
@@ -162,15 +190,37 @@ def main():
         except ImportError as e:
             print(json.dumps({"skipped": f"not installed ({e.name})"}))
         return
-    torch.set_num_threads(os.cpu_count() or 1)
-    fp32, bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    print(f"matmul peaks on this machine ({machine_name(torch.device('cpu'))}; torch {torch.__version__}): "
-          f"fp32 {fp32:.2f} TFLOP/s, bf16 {bf16:.2f} TFLOP/s\n")
+    run_cli(lambda: bench(args))
+
+
+def bench(args):
+    device = resolve_device(args.device)
+    args.device = str(device)
+    if args.seconds is None:
+        args.seconds = 2.0 if args.quick else 8.0
+    native = native_precisions(device)
+    precisions = args.precisions.split(",") if args.precisions else native
+    bad = [q for q in precisions if q not in PRECISIONS or (q == "fp16" and device.type != "cuda")]
+    if bad:
+        raise UserError(f"--precisions {','.join(bad)}: choose from {', '.join(native)} on {device}"
+                        f"{' (fp16 needs CUDA)' if device.type != 'cuda' else ''}")
+    set_threads()
+    setup_device(device)
+    print(describe(device, precisions[0]) + f"; torch {torch.__version__}")
+    peaks = {q: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[q], device)
+             for q in precisions}
+    print("matmul peaks: " + ", ".join(f"{q} {v:.2f} TFLOP/s" for q, v in peaks.items()))
+    skipped = [q for q in PRECISIONS if q not in precisions and (q != "fp16" or device.type == "cuda")]
+    for q in skipped:
+        why = "not native on this machine (emulated, several times slower)" if q not in native else "not asked for"
+        print(f"skipped: {q} rows, {why}; time them with --precisions {','.join(precisions + [q])}")
+    top = max(peaks.values())
+    print()
     print("| model | input | precision | channels_last | compile | params M | GFLOP/img (train step) | img/s | "
-          "TFLOP/s | % of bf16 peak | peak MB |")
+          "TFLOP/s | % of matmul peak | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     sample_rows = []
-    for row in rows_for(args):
+    for row in rows_for(args, precisions):
         r = subprocess.run([sys.executable, __file__, "--row", json.dumps(row)], capture_output=True, text=True)
         try:
             res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -184,16 +234,16 @@ def main():
         else:
             tf = res.get("tflops")
             print(f"| {name} | {res['params_M']:.1f} | {res.get('gflop_per_img', float('nan')):.2f} | {res['img_s']:.1f} | "
-                  f"{'' if tf is None else f'{tf:.3f}'} | {'' if tf is None else f'{100 * tf / bf16:.1f}'} | "
+                  f"{'' if tf is None else f'{tf:.3f}'} | {'' if tf is None else f'{100 * tf / top:.1f}'} | "
                   f"{res['peak_mem_MB']:.0f} |")
         sys.stdout.flush()
     for row, res in sample_rows:
         print(f"\nSampling 1,000 {row['channels']}x{row['size']} images with the `{row['model']}` preset, "
               f"{row['precision']} (measured per-NFE time on a batch of {row['batch']}):\n")
-        print("| NFE (= steps for ddim/ancestral; dpmpp2m the same) | seconds for 1,000 images |")
+        print("| NFE (= steps for ddim/ancestral/dpmpp2m) | seconds for 1,000 images |")
         print("|---|---|")
         for nfe, sec in res["s_per_1000"].items():
-            print(f"| {nfe} | {sec:.0f} |")
+            print(f"| {nfe} | {sec:.1f} |")
         e = res["e2e"]
         print(f"\nThe default sampler end to end (`{e['sampler']}`, {e['steps']} steps, as `python sample.py` runs it, "
               f"batch 256): {e['seconds']:.1f} s for {e['n']:,} images.")

@@ -75,7 +75,7 @@ class Inception:
         """uint8 N x C x H x W -> (float32 N x 2048 features, None)."""
         out = []
         for i in tqdm(range(0, len(u8), self.batch), desc="inception features", unit="batch", disable=not progress):
-            out.append(self.net(self.prepare(u8[i:i + self.batch]).to(self.device)).float().cpu())
+            out.append(self.net(self.prepare(u8[i:i + self.batch].to(self.device))).float().cpu())  # resize there too
         return torch.cat(out).numpy(), None
 
 

@@ -27,7 +27,8 @@ import torch
 from torchvision.utils import save_image
 
 from checkpoint import load_checkpoint
-from cli import UserError, add_run_args, resolve_device, resolve_precision, run_cli
+from cli import UserError, add_run_args, resolve_device, run_cli
+from machine import describe, resolve_precision, set_threads, setup_device
 from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
 from features import Classifier, Inception, load_ref_data, parse_ref, pytorch_fid_difference, ref_features
 from metrics import class_stats, frechet_distance, kid, mean_cov, precision_recall
@@ -195,6 +196,9 @@ def confidence_grids(images, top_prob, out, label, k=64):
 def _main(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    set_threads()
+    setup_device(device)
+    print(describe(device, precision) + " (sampling; features in fp32: bf16 moves Inception features by ~2%)")
     if args.check_inception:
         return check_inception(args, device)
     if sum(map(bool, (args.ckpt, args.samples, args.floor))) != 1:

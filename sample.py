@@ -20,7 +20,8 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import UserError, add_run_args, autocast, resolve_device, resolve_precision, run_cli
+from cli import UserError, add_run_args, resolve_device, run_cli
+from machine import autocast, describe, resolve_precision, set_threads, setup_device
 from data import to_uint8
 from schedules import Schedule
 
@@ -35,11 +36,12 @@ class PerImageNoise:
     """Gaussian noise where image i's draws depend only on (seed, i), never on the batch."""
 
     def __init__(self, seed, indices, shape, device):
-        self.gens = [torch.Generator().manual_seed(seed * 1_000_003 + int(i)) for i in indices]
+        # Generators on the device: drawing on the host and copying would cost a transfer per step on a GPU.
+        self.gens = [torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(i)) for i in indices]
         self.shape, self.device = shape, device
 
     def __call__(self):
-        return torch.stack([torch.randn(self.shape, generator=g) for g in self.gens]).to(self.device)
+        return torch.stack([torch.randn(self.shape, generator=g, device=self.device) for g in self.gens])
 
 
 def timesteps_for(sched, steps, spacing="uniform"):
@@ -279,6 +281,9 @@ def main():
 def _main(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    set_threads()
+    setup_device(device)
+    print(describe(device, precision))
     ck = load_checkpoint(args.ckpt)
     if args.n < 1 or (args.steps is not None and args.steps < 1):
         raise UserError("--n and --steps must be positive")

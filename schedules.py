@@ -54,10 +54,12 @@ class Schedule:
 
     def snr(self, t=None):
         s = self.abar / (1 - self.abar)
-        return s if t is None else s[t.cpu()]
+        return s if t is None else s.to(t.device)[t]
 
     def _at(self, table, t, x):
-        return table[t.cpu()].to(device=x.device, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
+        """table[t] as float32 on x's device, shaped to broadcast over x. Indexed where t lives: reading t
+        back to the host would stall a GPU every step."""
+        return table.to(t.device)[t].to(device=x.device, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
 
     def q_sample(self, x0, t, noise):
         return self._at(self.abar.sqrt(), t, x0) * x0 + self._at((1 - self.abar).sqrt(), t, x0) * noise

@@ -1,4 +1,5 @@
-"""The test suite: `python test_smoke.py` (pytest underneath; extra arguments go to pytest).
+"""The test suite: `python test_smoke.py` (pytest underneath; extra arguments go to pytest);
+`python test_smoke.py --quick` leaves out the end-to-end runs marked slow.
 
 Covers the math against closed forms, the UNet, the samplers, every script end to end on tiny
 settings, and bad input. Checks on the real datasets in ../shared/data skip when it is absent."""
@@ -363,12 +364,14 @@ def _assert_same(a, b):
                 assert torch.equal(torch.as_tensor(va), torch.as_tensor(vb)), k
 
 
+@pytest.mark.slow
 def test_same_seed_twice_gives_identical_checkpoints(tmp_path):
     for name in ("a", "b"):
         run("train_ddpm.py", *TINY, "--size", "16", "--steps", "4", "--out", str(tmp_path / name))
     _assert_same(_states(tmp_path / "a" / "ckpt.pt"), _states(tmp_path / "b" / "ckpt.pt"))
 
 
+@pytest.mark.slow
 def test_resume_is_bit_for_bit(tmp_path):
     # 9 batches of 16 per epoch at 150 maps: 12 steps cross an epoch boundary, 5 + 7 resumes mid-epoch.
     common = [*TINY, "--n-maps", "150", "--size", "16", "--sample-every", "0"]
@@ -379,12 +382,103 @@ def test_resume_is_bit_for_bit(tmp_path):
     _assert_same(_states(tmp_path / "full" / "ckpt.pt"), _states(tmp_path / "half" / "ckpt.pt"))
 
 
-def test_ddp_two_processes_gloo(tmp_path):
+COUNT_COLLECTIVES = """
+import json, os, runpy, sys
+sys.path.insert(0, {here!r})
+import torch.distributed as dist
+calls = []
+def counted(name, orig):
+    def f(*a, **k):
+        calls.append([name, [x.device.type for x in a if hasattr(x, "device")]])
+        return orig(*a, **k)
+    return f
+for name in ("broadcast", "all_reduce", "all_gather", "all_gather_object", "reduce", "barrier"):
+    setattr(dist, name, counted(name, getattr(dist, name)))
+sys.argv = ["train_ddpm.py", *sys.argv[1:]]
+try:
+    runpy.run_path(os.path.join({here!r}, "train_ddpm.py"), run_name="__main__")
+finally:
+    with open(os.environ["COUNT_OUT"] + os.environ["RANK"], "w") as f:
+        json.dump(calls, f)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo_agree_at_log_steps_only(tmp_path):
+    """Two ranks train the same replica, and talk outside DDP's own gradient all-reduce only at log steps
+    and the last step (a collective per step stalls a GPU), with tensors on the training device."""
+    wrapper = tmp_path / "count_collectives.py"
+    wrapper.write_text(COUNT_COLLECTIVES.format(here=HERE))
     args = [{"--n": "--num-samples"}.get(a, a) for a in TINY]  # torchrun's parser claims '--n' as a prefix
-    code, log = run("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "train_ddpm.py",
-                    *args, "--size", "16", "--steps", "3", "--out", str(tmp_path / "ddp"), timeout=600)
+    code, log = run("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(wrapper),
+                    *args, "--size", "16", "--steps", "8", "--log-every", "4", "--sample-every", "0",
+                    "--out", str(tmp_path / "ddp"), env={"COUNT_OUT": str(tmp_path / "calls")}, timeout=600)
     assert "DDP check: parameters identical on all 2 ranks: True" in log, log[-3000:]
     assert (tmp_path / "ddp" / "ckpt.pt").exists()
+    import json
+    for rank in (0, 1):
+        calls = json.loads((tmp_path / f"calls{rank}").read_text())
+        in_loop = [c for c in calls if c[0] != "all_gather_object"]  # the replica check after training
+        assert [c[0] for c in in_loop] == ["all_reduce", "all_reduce"], calls  # steps 4 and 8 of 8
+        assert all(d == "cpu" for c in in_loop for d in c[1]), calls
+
+
+def test_ddp_backend_serves_cpu_and_gpu_tensors_on_cuda():
+    from machine import ddp_backend
+    assert ddp_backend(torch.device("cpu")) == "gloo"
+    assert ddp_backend(torch.device("cuda", 0)) == "cpu:gloo,cuda:nccl"  # nccl alone refuses CPU tensors
+
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__")
+
+
+def project_host_reads(fn):
+    """Run fn() and list the host reads of tensor values (.item(), bool(t), .cpu(), ...) made by this project's
+    modules. On a GPU each one waits for the queue to drain; torch's own internals are not counted."""
+    reads, originals = [], {n: getattr(torch.Tensor, n) for n in HOST_READS}
+
+    def counted(name, orig):
+        def f(self, *a, **k):
+            frame = sys._getframe(1)
+            path = os.path.abspath(frame.f_code.co_filename)
+            if os.path.dirname(path) == HERE and os.path.basename(path) != "test_smoke.py":
+                reads.append(f"{os.path.basename(path)}:{frame.f_lineno} {name}")
+            return orig(self, *a, **k)
+        return f
+
+    for n, o in originals.items():
+        setattr(torch.Tensor, n, counted(n, o))
+    try:
+        fn()
+    finally:
+        for n, o in originals.items():
+            setattr(torch.Tensor, n, o)
+    return reads
+
+
+def test_training_steps_do_not_read_tensors_back_to_the_host(tmp_path):
+    """Between log steps the loop never reads a tensor back to the host: 4 more steps add no read."""
+    def train(steps):
+        return project_host_reads(lambda: run_here(
+            "train_ddpm.py", *TINY, "--size", "16", "--steps", str(steps), "--log-every", "1000", "--sample-every",
+            "0", "--cond", "--learn-sigma", "--min-snr", "5", "--out", str(tmp_path / f"r{steps}")))
+    few, more = train(2), train(6)
+    extra = sorted(set(more) - set(few)) or sorted(more)[len(few):]
+    assert len(more) == len(few), f"{len(more) - len(few)} more host reads for 4 more steps: {extra[:8]}"
+
+
+def test_ema_warms_up_then_decays_at_the_given_rate():
+    from torch.optim.swa_utils import AveragedModel
+    from trainer import ema_multi_avg
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(net, multi_avg_fn=ema_multi_avg(0.5), use_buffers=True)
+    for k in range(1, 6):  # update k follows n = k - 1 others; the first copies the weights (AveragedModel)
+        with torch.no_grad():
+            net.weight.fill_(float(k))
+        ema.update_parameters(net)
+        d = min(0.5, k / (9 + k))  # min(decay, (1 + n) / (10 + n))
+        want = float(k) if k == 1 else d * want + (1 - d) * k
+        assert ema.module.weight.item() == pytest.approx(want), k
 
 
 def test_main_job_defaults_are_maps_small_15_minutes():
@@ -605,6 +699,7 @@ def test_real_data_counts():
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data absent")
+@pytest.mark.slow
 def test_train_starts_on_real_coffee_and_mnist(tmp_path):
     for name, shape in (("coffee", "3x64x64"), ("mnist", "1x28x28")):
         code, log = run("train_ddpm.py", "--data", name, "--data-root", SHARED_DATA, "--preset", "tiny", "--steps", "2",
@@ -629,7 +724,7 @@ def test_diverging_loss_stops_with_one_line(tmp_path):
     code, out = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "30", "--optimizer", "sgd", "--lr", "1e6",
                          "--grad-clip", "0", "--out", str(tmp_path / "nan"), ok=False)
     one_line_error(code, out)
-    assert "training diverged" in out and "at step" in out
+    assert "training diverged" in out and "at or before step" in out
 
 
 def test_more_bad_input_one_line_exit_2(tmp_path):
@@ -693,9 +788,6 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     one_line_error(code, log)
     assert "refused" in log and not os.path.exists(os.path.join(HERE, "EVIL_RAN"))
 
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider", *sys.argv[1:]]))
 
 
 # ---- evaluation: metrics against closed forms, extractors, fid.py -----------------------------
@@ -838,6 +930,7 @@ def test_reference_cache_keyed_by_extractor_and_size(tmp_path):
     assert calls == [(6, 3, 8, 8), (6, 3, 8, 8), (6, 3, 16, 16)]
 
 
+@pytest.mark.slow
 def test_fid_cli_checkpoint_sweep_and_samples(tmp_path):
     import json
     _inception_or_skip()
@@ -863,6 +956,7 @@ def test_fid_cli_checkpoint_sweep_and_samples(tmp_path):
     one_line_error(*run_here("fid.py", "--floor", "noise", "--ref", "mnist:test", "--data-root", str(tmp_path), ok=False))
 
 
+@pytest.mark.slow
 def test_plots_cli_every_figure(tmp_path):
     """Every plots.py figure is written from what the other scripts leave behind; bad input is one line."""
     import json
@@ -909,6 +1003,7 @@ def test_fid_classifier_on_labelled_folder(tmp_path):
 
 # ---- reliability: faults and bad input --------------------------------------------------------
 
+@pytest.mark.slow
 def test_kill_9_loop_never_leaves_a_broken_checkpoint(tmp_path):
     """kill -9 at random moments while a checkpoint is written after every step; each time the
     checkpoint on disk loads, and --resume carries on from it to the end."""
@@ -921,9 +1016,13 @@ def test_kill_9_loop_never_leaves_a_broken_checkpoint(tmp_path):
     rng, steps, kills = random.Random(0), [], 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for _ in range(5):
-        p = subprocess.Popen(cmd + (["--resume"] if (out / "ckpt.pt").exists() else []), cwd=HERE, env=env,
+        before = os.stat(out / "ckpt.pt").st_mtime_ns if (out / "ckpt.pt").exists() else None
+        p = subprocess.Popen(cmd + (["--resume"] if before else []), cwd=HERE, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4.0, 7.0))
+        # Kill at a random moment after this run has written a checkpoint: a slow CPU waits longer, never fails.
+        while p.poll() is None and (not (out / "ckpt.pt").exists() or os.stat(out / "ckpt.pt").st_mtime_ns == before):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.05, 0.5))
         if p.poll() is None:
             p.kill()  # SIGKILL: no handler runs
             kills += 1
@@ -955,6 +1054,7 @@ def test_resume_with_contradicting_flags_and_unknown_names(tmp_path):
     one_line_error(*run_here("fid.py", "--ckpt", str(truncated), ok=False))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_says_how_to_resume_second_ctrl_c_quits(tmp_path):
     import signal
     import time
@@ -993,6 +1093,7 @@ def test_ctrl_c_saves_and_says_how_to_resume_second_ctrl_c_quits(tmp_path):
         signal.signal(signal.SIGINT, orig_handler)
 
 
+@pytest.mark.slow
 def test_ddp_worker_death_is_reported_and_resumable(tmp_path):
     """kill -9 one torchrun worker: rank 0 ends with a one-line message naming the last checkpoint,
     and the run resumes from it."""
@@ -1031,19 +1132,43 @@ def test_ddp_worker_death_is_reported_and_resumable(tmp_path):
     assert f"stopped (steps) at step {step + 2}" in log
 
 
+@pytest.mark.slow
 def test_bench_table_and_anchor_rows_skip_when_absent():
-    """bench.py end to end on tiny settings: a markdown row per mode, a sampling table, and the anchor
-    rows either measured or skipped with the reason (never a crash)."""
+    """bench.py end to end on tiny settings: a markdown row per native precision (the others listed as
+    skipped), a sampling table, and the anchor rows either measured or skipped with the reason."""
+    from machine import native_precisions
+    native = native_precisions(torch.device("cpu"))
     code, out = run("bench.py", "--quick", "--seconds", "0.05", "--models", "tiny,lucidrains-unet64",
                     "--sample-batch", "4")
-    assert "matmul peaks on this machine" in out
+    assert "matmul peaks: " in out and out.startswith("machine: ")
     rows = [line for line in out.splitlines() if line.startswith("| tiny | 1x28 |")]
-    assert len(rows) == 3 and all(float(r.split("|")[8]) > 0 for r in rows), out  # img/s column
+    assert [r.split("|")[3].strip() for r in rows] == native and all(float(r.split("|")[8]) > 0 for r in rows), out
+    assert ("skipped: bf16 rows, not native" in out) == ("bf16" not in native), out
     anchor = [line for line in out.splitlines() if line.startswith("| lucidrains-unet64 |")]
-    assert len(anchor) == 2 and all("not installed" in r or float(r.split("|")[8]) > 0 for r in anchor), out
+    assert len(anchor) == len(native) and all("not installed" in r or float(r.split("|")[8]) > 0 for r in anchor), out
     assert "| 1000 |" in out and "Sampling 1,000 1x28 images with the `tiny` preset" in out
     assert f"The default sampler end to end (`{S.DEFAULT_SAMPLER}`, {S.DEFAULT_STEPS} steps" in out
     assert float(out.split("batch 256): ")[1].split(" s for 20 images")[0]) > 0, out
+    one_line_error(*run("bench.py", "--precisions", "fp16", ok=False))  # fp16 needs CUDA
+
+
+@pytest.mark.slow
+def test_machine_decides_precision_from_torchs_view_of_the_cpu(tmp_path):
+    """An AVX2-only CPU (or a bf16 one told to act like it) trains and samples in fp32; bf16 where
+    torch can use AMX/AVX512-bf16; the choice is said once at start."""
+    probe = "import torch, machine; print(machine.native_precisions(torch.device('cpu'))[0])"
+    as_avx2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert run("-c", probe, env=as_avx2)[1].split() == ["fp32"]
+    assert run("-c", probe, env={"ONEDNN_MAX_CPU_ISA": "AVX2"})[1].split() == ["fp32"]
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    capability = torch.backends.cpu.get_cpu_capability()
+    has_bf16 = ("avx512_bf16" in flags or "amx_bf16" in flags) and ("AVX512" in capability or "AMX" in capability)
+    assert run("-c", probe)[1].split() == (["bf16"] if has_bf16 else ["fp32"])
+    code, log = run("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--sample-every", "0", "--n", "1",
+                    "--out", str(tmp_path / "run"), env=as_avx2)
+    assert [line for line in log.splitlines() if line.startswith("machine: ")][0].endswith(", fp32, 1 process(es)")
+    assert "torch runs AVX2 kernels" in log
 
 
 def test_anchor_lucidrains_writes_samples_fid_reads(tmp_path):
@@ -1067,3 +1192,11 @@ def test_fid_samples_a_conditional_checkpoint_class_by_class(tmp_path):
              "--cache-dir", str(tmp_path / "cache"))
     card = json.loads(open(out / "scores.jsonl").read())
     assert card["labels"] == "every class in turn" and card["sampler"] == "naive" and card["nfe"] == 12
+
+
+if __name__ == "__main__":
+    # --quick: the inner-loop subset (no end-to-end runs marked slow); anything else goes to pytest.
+    quick = ["-m", "not slow"] if "--quick" in sys.argv else []
+    extra = [a for a in sys.argv[1:] if a != "--quick"]
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider", "-o", "markers=slow: end-to-end runs of several seconds",
+                          *quick, *extra]))

@@ -28,8 +28,8 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, save_atomic
-from cli import (UserError, add_run_args, autocast, machine_name, resolve_device, resolve_precision, run_cli,
-                 set_threads)
+from cli import UserError, add_run_args, resolve_device, run_cli
+from machine import autocast, ddp_backend, describe, machine_name, resolve_precision, set_threads, setup_device
 from data import DataError, add_data_args, augment_batch, data_from_args, to_model
 from nn_unet import PRESETS, build_unet
 
@@ -80,11 +80,24 @@ def make_optimizer(name, params, lr, weight_decay):
     return cls(params, lr=lr, weight_decay=weight_decay, foreach=True)  # foreach: one kernel per op, CPU too
 
 
-def ema_avg(decay):
-    def avg(ema_p, p, n):  # EMA with warm-up so early samples are not dominated by the random init
-        d = min(decay, (1 + n.item()) / (10 + n.item()))
-        return ema_p * d + p * (1 - d)
+def ema_multi_avg(decay):
+    """EMA with warm-up, d = min(decay, (1 + n) / (10 + n)), so early samples are not dominated by the random
+    init. All parameters in two foreach kernels, the decay computed on the device: no host sync."""
+    def avg(ema_params, params, n):
+        d = torch.clamp((1 + n) / (10 + n), max=decay).to(ema_params[0].dtype)
+        torch._foreach_mul_(ema_params, d)
+        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - d))
     return avg
+
+
+def agree(rank0_flags, nonfinite, device):
+    """Under DDP: rank 0's stop flags (clock, Ctrl-C) and whether any rank saw a non-finite loss, the same on
+    every rank, in one collective on the training device."""
+    mine = [float(f) for f in rank0_flags] if dist.get_rank() == 0 else [0.0] * len(rank0_flags)
+    flags = torch.cat([torch.tensor(mine, device=device), nonfinite.float()[None]])
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    *out, bad = [v > 0 for v in flags.tolist()]
+    return out, bad
 
 
 def new_run_dir(kind, args):
@@ -138,12 +151,13 @@ def train(objective, argv=None):
     p = base_parser(objective.description, objective.default_preset)
     objective.add_args(p)
     args = p.parse_args(argv)
-    run_cli(lambda: _train_reporting_peer_failure(objective, args, p))
+    run_cli(lambda: _train_under_torchrun(objective, args, p))
 
 
-def _train_reporting_peer_failure(objective, args, parser):
-    """Under torchrun, a dead worker surfaces on the others as a collective error (or torchrun's SIGTERM):
-    say so in one line, with the last checkpoint and how to resume, instead of a gloo/nccl traceback."""
+def _train_under_torchrun(objective, args, parser):
+    """Under torchrun a dead worker reaches the others as torchrun's SIGTERM or as a failed collective:
+    say which, in one line with the backend's own message, the last checkpoint and how to resume. Any
+    other error is a bug and keeps its traceback."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if world == 1:
         return _train(objective, args, parser)
@@ -154,26 +168,32 @@ def _train_reporting_peer_failure(objective, args, parser):
                 if ck and os.path.exists(ck) else "no checkpoint was written yet")
 
     def on_term(*_):
-        print(f"error: rank {rank}: stopped by torchrun because another worker failed; {where()}", file=sys.stderr)
+        print(f"error: rank {rank}: stopped by torchrun (another worker failed); {where()}", file=sys.stderr)
         os._exit(1)
 
     signal.signal(signal.SIGTERM, on_term)
     try:
         return _train(objective, args, parser)
-    except (RuntimeError, dist.DistBackendError) as e:
-        raise UserError(f"rank {rank}: another worker of this run failed or vanished "
-                        f"({str(e).splitlines()[0][:100]}); {where()}")
+    except RuntimeError as e:
+        if not (isinstance(e, dist.DistError) or _from_a_collective(e)):
+            raise  # not about the other workers: a bug, keep its traceback
+        raise UserError(f"rank {rank}: a collective failed: {str(e).strip().splitlines()[0][:300]}; {where()}")
+
+
+def _from_a_collective(e):
+    """gloo and nccl report a peer's death from inside DDP's backward as a plain RuntimeError."""
+    return any(k in str(e) for k in ("gloo", "NCCL", "nccl", "Connection reset", "Connection closed"))
 
 
 def _train(objective, args, parser):
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     set_threads(world)
     device = resolve_device(args.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    setup_device(device)
     if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(ddp_backend(device))
     main = rank == 0
     log = print if main else (lambda *a, **k: None)
 
@@ -208,9 +228,9 @@ def _train(objective, args, parser):
     objective.setup(args, data)
     if resume_ck is None:
         args.out = new_run_dir(getattr(objective, "run_name", objective.kind), args) if main else None
+    log(describe(device, precision) + f", {world} process(es)")
     log(f"{objective.kind}: {args.data} {len(data)} images {data.channels}x{data.size}x{data.size}, "
-        f"{'%d classes' % data.num_classes if args.cond else 'unconditional'}; device {device}, {precision}, "
-        f"{world} process(es)")
+        f"{'%d classes' % data.num_classes if args.cond else 'unconditional'}")
 
     num_classes = data.num_classes if args.cond else 0
     torch.manual_seed(args.seed)  # the initial weights, and dropout's draws
@@ -219,7 +239,7 @@ def _train(objective, args, parser):
     use_cl = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
     mem = torch.channels_last if use_cl else torch.contiguous_format
     model = model.to(memory_format=mem)
-    ema = AveragedModel(model, avg_fn=ema_avg(args.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=ema_multi_avg(args.ema_decay), use_buffers=True)  # its count on the host
     opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -310,7 +330,10 @@ def _train(objective, args, parser):
     log_w = csv.writer(log_f) if main else None
     if main and log_f.tell() == 0:
         log_w.writerow(["step", "epoch", "loss", "lr", "img_per_s", "loss_q1", "loss_q2", "loss_q3", "loss_q4", "elapsed_s"])
-    acc = torch.zeros(2, 4, dtype=torch.float64)  # loss sums and counts per t-quartile since the last log
+    # Per-step bookkeeping stays on the device and is read only at log steps: a host read per step would stall
+    # a GPU. Loss sums and counts per t-quartile since the last log, and whether any loss was not finite.
+    acc = torch.zeros(2, 4, dtype=torch.float64, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     last_ckpt_t, t0, last_log_t, last_log_step = time.time(), time.time(), time.time(), step
     bar = tqdm(total=total_steps, initial=step, disable=not main, dynamic_ncols=True, unit="step")
     model.train()
@@ -325,10 +348,7 @@ def _train(objective, args, parser):
             with autocast(device, precision):
                 losses, tfrac = objective.loss(fwd, x0.contiguous(memory_format=mem), y, gen, part)
             loss = losses.mean()
-            if not torch.isfinite(loss):
-                bar.close()  # so the message starts its own line
-                raise UserError(f"loss is {loss.item()} at step {step}: training diverged (lower --lr, or another "
-                                f"--optimizer); {last_good()}")
+            nonfinite |= ~torch.isfinite(loss.detach())
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if args.grad_clip > 0:
@@ -340,11 +360,25 @@ def _train(objective, args, parser):
             ema.update_parameters(model)
             step, batch_in_epoch = step + 1, batch_in_epoch + 1
             done_images += args.batch
-            q = (tfrac.detach().float().cpu() * 4).long().clamp(0, 3)
-            acc[0].index_add_(0, q, losses.detach().float().cpu().double())
+            q = (tfrac.detach() * 4).long().clamp(0, 3)
+            acc[0].index_add_(0, q, losses.detach().double())
             acc[1].index_add_(0, q, torch.ones_like(q, dtype=torch.float64))
             bar.update(1)
-            if step % args.log_every == 0 and main:
+            log_step = step % args.log_every == 0
+            stop = [total_steps is not None and step >= total_steps,  # the same on every rank
+                    deadline is not None and time.time() >= deadline,
+                    bool(interrupt and interrupt.requested)]
+            if world > 1:  # ranks agree at log steps (and the last step) only: a collective per step stalls GPUs
+                check = log_step or stop[0]
+                stop[1:], bad = agree(stop[1:], nonfinite, device) if check else ([False, False], False)
+            else:
+                check = log_step or any(stop)
+                bad = check and nonfinite.item()
+            if bad:
+                bar.close()  # so the message starts its own line
+                raise UserError(f"the loss stopped being finite at or before step {step}: training diverged (lower "
+                                f"--lr, or another --optimizer); {last_good()}")
+            if log_step and main:
                 now = time.time()
                 ips = (step - last_log_step) * args.batch / (now - last_log_t)
                 per_q = (acc[0] / acc[1].clamp(min=1)).tolist()
@@ -355,13 +389,6 @@ def _train(objective, args, parser):
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}", epoch=epoch)
                 acc.zero_()
                 last_log_t, last_log_step = now, step
-            stop = [total_steps is not None and step >= total_steps,
-                    deadline is not None and time.time() >= deadline,
-                    bool(interrupt and interrupt.requested)]
-            if world > 1:  # every rank stops at the same step: rank 0's clock and Ctrl-C decide
-                flags = torch.tensor([float(s) for s in stop])
-                dist.broadcast(flags, 0)
-                stop = [bool(s) for s in flags]
             if any(stop):
                 stop_reason = ["steps", "time", "interrupt"][stop.index(True)]
                 break

@@ -128,7 +128,7 @@ def make_restorer(model, labels=None):
 def generate_zoom(model, stats, T, mode, n, device, start="bank", sampler="naive", noise_std=0.0, labels=None,
                   seed=0, batch=256, first_index=0, progress=False, snapshots=None, precision="fp32"):
     from tqdm import tqdm
-    from cli import autocast
+    from machine import autocast
     from sample import PerImageNoise
     model.eval()
     c, size = model.in_ch, model.size
