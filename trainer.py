@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, save_atomic
 from cli import UserError, add_run_args, resolve_device, run_cli
-from machine import autocast, ddp_backend, describe, machine_name, resolve_precision, set_threads, setup_device
 from data import DataError, add_data_args, augment_batch, data_from_args, to_model
+from machine import autocast, ddp_backend, describe, machine_name, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet
 
 # Flags that define the model and the data: on --resume they come from the checkpoint.

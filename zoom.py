@@ -126,10 +126,11 @@ def make_restorer(model, labels=None):
 
 @torch.no_grad()
 def generate_zoom(model, stats, T, mode, n, device, start="bank", sampler="naive", noise_std=0.0, labels=None,
-                  seed=0, batch=256, first_index=0, progress=False, snapshots=None, precision="fp32"):
+                  seed=0, batch=None, first_index=0, progress=False, snapshots=None, precision="fp32"):
     from tqdm import tqdm
     from machine import autocast
-    from sample import PerImageNoise
+    from sample import SAMPLE_BATCH, PerImageNoise
+    batch = batch or SAMPLE_BATCH
     model.eval()
     c, size = model.in_ch, model.size
     out = []
