@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import UserError, run_cli
+from cli import Parser, UserError, run_cli
 from machine import set_threads
 from data import add_data_args, augment_batch, data_from_args, to_uint8
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
     p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
     p.add_argument("--dim", type=int, default=32)

@@ -27,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cli import UserError, resolve_device, run_cli
+from cli import POSITIVE, POSITIVE_INT, Parser, UserError, resolve_device, run_cli
 from machine import PRECISIONS, autocast, describe, native_precisions, set_threads, setup_device
 from sample import SAMPLE_BATCH
 
@@ -174,15 +174,15 @@ def rows_for(args, precisions):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="two presets, native precisions, 2 s a row, no anchors")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--seconds", type=float, default=None, help="timed seconds per training row (default 8, quick 2)")
+    p.add_argument("--seconds", type=POSITIVE, default=None, help="timed seconds per training row (default 8, quick 2)")
     p.add_argument("--precisions", default=None,
                    help="comma-separated precisions to time (default: the ones this machine runs natively)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--models", default=None, help="comma-separated subset of rows by model, e.g. small,lucidrains-unet64")
-    p.add_argument("--sample-batch", type=int, default=250, help="batch for the sampling-speed row")
+    p.add_argument("--sample-batch", type=POSITIVE_INT, default=250, help="batch for the sampling-speed row")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row in this process
     args = p.parse_args()
     if args.row:

@@ -1,5 +1,7 @@
 """Command-line plumbing shared by every script: user errors (one line, exit code 2), the common run
 flags, the device. What the machine runs fast (precision, threads) is machine.py's."""
+import argparse
+import math
 import sys
 
 import torch
@@ -7,6 +9,41 @@ import torch
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: 'error: argument --batch: ...', exit code 2."""
+
+    def error(self, message):
+        print(f"error: {message} (python {self.prog} -h lists the flags)", file=sys.stderr)
+        sys.exit(2)
+
+
+def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """An argparse type: kind(text), finite and inside [lo, hi] (open at either end where asked); the error
+    names the allowed range."""
+    want = "an integer" if kind is int else "a number"
+    if lo is not None:
+        want += f" {'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        want += f"{' and' if lo is not None else ''} {'<' if hi_open else '<='} {hi}"
+
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {want}")
+        if (not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo))
+                or (hi is not None and (v >= hi if hi_open else v > hi))):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give {want}")
+        return v
+    parse.__name__ = want  # argparse names the type by it in its own messages
+    return parse
+
+
+POSITIVE_INT, NONNEG_INT = number(int, 1), number(int, 0)
+POSITIVE, NONNEG, FRACTION = number(float, 0, lo_open=True), number(float, 0), number(float, 0, 1, hi_open=True)
+FINITE = number(float)
 
 
 def run_cli(main):
@@ -21,7 +58,7 @@ def run_cli(main):
 
 def add_run_args(p, out_help="output folder"):
     p.add_argument("--out", default=None, help=out_help)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NONNEG_INT, default=0)
     p.add_argument("--device", default="cpu" if not torch.cuda.is_available() else "cuda:0", help="cpu or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: the machine's fastest (bf16 on CPUs with AMX/AVX512-bf16 and GPUs with bf16, fp16 "

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from cli import NONNEG_INT, POSITIVE_INT, Parser
+
 DEFAULT_SIZE = {"maps": 64, "coffee": 64, "mnist": 28, "cifar10": 32, "flowers102": 64, "folder": 32}
 DATASETS = tuple(DEFAULT_SIZE)
 
@@ -340,10 +342,10 @@ def load_data(name, root=None, size=None, split="train", folds=None, download=Fa
 def add_data_args(p):
     p.add_argument("--data", default="maps", help=f"dataset: {', '.join(DATASETS)} (default maps, generated offline)")
     p.add_argument("--data-root", default="data", help="where real datasets live / download to (default ./data)")
-    p.add_argument("--size", type=int, default=None, help="image size (default: the dataset's own, e.g. 28 for mnist)")
+    p.add_argument("--size", type=POSITIVE_INT, default=None, help="image size (default: the dataset's own, e.g. 28 for mnist)")
     p.add_argument("--folds", default=None, help="coffee only: comma-separated folds, e.g. 1,2,3 (default all)")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing (needs internet)")
-    p.add_argument("--n-maps", type=int, default=10000, help="maps only: number of generated training tiles")
+    p.add_argument("--n-maps", type=POSITIVE_INT, default=10000, help="maps only: number of generated training tiles")
     return p
 
 
@@ -354,11 +356,11 @@ def data_from_args(args, split="train"):
 
 
 def main():
-    p = add_data_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = add_data_args(Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--stats", action="store_true", help="print statistics and write grids")
     p.add_argument("--split", default="train")
     p.add_argument("--out", default=None, help="folder for the grids (default runs/data_<name>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NONNEG_INT, default=0)
     args = p.parse_args()
     try:
         data = data_from_args(args, args.split)

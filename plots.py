@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cli import UserError, run_cli  # noqa: E402
+from cli import Parser, UserError, run_cli  # noqa: E402
 
 
 def plot_schedules(args):
@@ -150,7 +150,7 @@ def plot_pixels(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="figure", required=True)
     s = sub.add_parser("schedules")
     s.add_argument("--T", type=int, default=1000)

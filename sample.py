@@ -20,7 +20,7 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import UserError, add_run_args, resolve_device, run_cli
+from cli import FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, resolve_device, run_cli
 from machine import autocast, describe, resolve_precision, set_threads, setup_device
 from data import to_uint8
 from schedules import Schedule
@@ -260,20 +260,20 @@ def save_outputs(x, out, snapshots=None, nrow=None):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a training run's ckpt.pt")
-    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--n", type=POSITIVE_INT, default=64, help="number of images")
     p.add_argument("--sampler", default=None,
                    help=f"DDPM: {', '.join(SAMPLERS)} (default {DEFAULT_SAMPLER}); zoom: naive (default), improved")
-    p.add_argument("--steps", type=int, default=None, help=f"sampling steps = NFE, x2 with CFG (default {DEFAULT_STEPS})")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None, help=f"sampling steps = NFE, x2 with CFG (default {DEFAULT_STEPS})")
     p.add_argument("--spacing", default=None, choices=SPACINGS,
                    help="where the steps sit: uniform in t, or karras (dense at low noise); default: karras for dpmpp*, else uniform")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
+    p.add_argument("--eta", type=NONNEG, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
+    p.add_argument("--cfg", type=FINITE, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
     p.add_argument("--labels", default=None, help="comma-separated class indices, cycled (default: all classes in turn)")
     p.add_argument("--start", default="bank", help="zoom only: start state hist, single, bank or gmm")
-    p.add_argument("--noise", type=float, default=0.0, help="zoom only: std of noise injected while sampling")
-    p.add_argument("--batch", type=int, default=SAMPLE_BATCH, help="images per network call")
+    p.add_argument("--noise", type=NONNEG, default=0.0, help="zoom only: std of noise injected while sampling")
+    p.add_argument("--batch", type=POSITIVE_INT, default=SAMPLE_BATCH, help="images per network call")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--progression", action="store_true", help="also write progression.png (x_t and predicted x0 over time)")
     add_run_args(p, "output folder (default <run>/samples_<sampler><steps>)")

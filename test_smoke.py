@@ -727,6 +727,59 @@ def test_diverging_loss_stops_with_one_line(tmp_path):
     assert "training diverged" in out and "at or before step" in out
 
 
+BAD_NUMBERS = [  # (script, flags, what the one line must say)
+    ("train_ddpm.py", ["--batch", "0"], "argument --batch: 0 is out of range: give an integer >= 1"),
+    ("train_ddpm.py", ["--batch", "-2"], "argument --batch"),
+    ("train_ddpm.py", ["--minutes", "0"], "argument --minutes: 0 is out of range: give a number > 0"),
+    ("train_ddpm.py", ["--minutes", "inf"], "argument --minutes"),
+    ("train_ddpm.py", ["--steps", "0"], "argument --steps"),
+    ("train_ddpm.py", ["--steps", "-5"], "argument --steps"),
+    ("train_ddpm.py", ["--epochs", "0"], "argument --epochs"),
+    ("train_ddpm.py", ["--lr", "0"], "argument --lr: 0 is out of range: give a number > 0"),
+    ("train_ddpm.py", ["--lr", "-1"], "argument --lr"),
+    ("train_ddpm.py", ["--lr", "fast"], "argument --lr: 'fast' is not a number > 0"),
+    ("train_ddpm.py", ["--T", "0"], "argument --T"),
+    ("train_ddpm.py", ["--ch", "0"], "argument --ch"),
+    ("train_ddpm.py", ["--ema-decay", "1"], "argument --ema-decay: 1 is out of range: give a number >= 0 and < 1"),
+    ("train_ddpm.py", ["--label-drop", "1.5"], "argument --label-drop"),
+    ("train_ddpm.py", ["--warmup", "-1"], "argument --warmup"),
+    ("train_ddpm.py", ["--grad-clip", "-1"], "argument --grad-clip"),
+    ("train_ddpm.py", ["--log-every", "0"], "argument --log-every"),
+    ("train_ddpm.py", ["--n", "0"], "argument --n"),
+    ("train_ddpm.py", ["--seed", "-1"], "argument --seed"),
+    ("train_ddpm.py", ["--min-snr", "-5"], "argument --min-snr"),
+    ("train_zoom_nearest.py", ["--final-size", "0"], "argument --final-size"),
+    ("sample.py", ["--ckpt", "x.pt", "--batch", "0"], "argument --batch"),
+    ("sample.py", ["--ckpt", "x.pt", "--steps", "0"], "argument --steps"),
+    ("sample.py", ["--ckpt", "x.pt", "--n", "-1"], "argument --n"),
+    ("sample.py", ["--ckpt", "x.pt", "--eta", "-1"], "argument --eta"),
+    ("sample.py", ["--ckpt", "x.pt", "--noise", "nan"], "argument --noise"),
+    ("sample.py", ["--ckpt", "x.pt", "--cfg", "inf"], "argument --cfg"),
+    ("fid.py", ["--floor", "mnist:test", "--batch", "0"], "argument --batch"),
+    ("fid.py", ["--floor", "mnist:test", "--n-ref", "abc"], "argument --n-ref: 'abc' is not an integer >= 1"),
+    ("data.py", ["--size", "0"], "argument --size"),
+    ("data.py", ["--n-maps", "0"], "argument --n-maps"),
+    ("bench.py", ["--seconds", "0"], "argument --seconds"),
+    ("sample.py", ["--ckpt", "x.pt", "--nope"], "unrecognized arguments: --nope"),
+]
+
+
+@pytest.mark.parametrize("script,flags,says", BAD_NUMBERS, ids=[f"{r[0]} {' '.join(r[1])}" for r in BAD_NUMBERS])
+def test_bad_number_is_one_line_exit_2_nothing_written(tmp_path, script, flags, says):
+    """Every number a user types is checked where it is parsed: one line naming the flag and the range."""
+    code, out = run_here(script, *flags, "--out", str(tmp_path / "out"), ok=False)
+    one_line_error(code, out)
+    assert [line for line in out.splitlines() if line.strip()] == [line for line in out.splitlines() if says in line]
+    assert not (tmp_path / "out").exists()
+
+
+def test_any_width_builds():
+    """Groups, heads and the time embedding follow the width, so any --ch builds."""
+    for ch in (1, 5, 7, 12, 20, 48, 56, 100):
+        m = build_unet("small", 3, 16, ch=ch, verbose=False)
+        assert m(torch.randn(2, 3, 16, 16), torch.tensor([1, 500])).shape == (2, 3, 16, 16)
+
+
 def test_more_bad_input_one_line_exit_2(tmp_path):
     """The rest of the reliability list: sizes, folders, a zoom checkpoint given to a DDPM sampler."""
     for size in ("0", "5000"):
@@ -1043,6 +1096,9 @@ def test_resume_with_contradicting_flags_and_unknown_names(tmp_path):
                              "--pred", "v", ok=False))
     code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "4", "--resume", "--out", str(out))
     assert "stopped (steps) at step 4" in log
+    before = os.stat(out / "ckpt.pt").st_mtime_ns
+    code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "4", "--resume", "--out", str(out))
+    assert "is already at step 4" in log and os.stat(out / "ckpt.pt").st_mtime_ns == before  # nothing trained
     one_line_error(*run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--sampler", "heun", ok=False))
     one_line_error(*run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--start", "gmm", "--sampler", "improved", ok=False))
     zoom = tmp_path / "zoom"
@@ -1071,26 +1127,28 @@ def test_ctrl_c_saves_and_says_how_to_resume_second_ctrl_c_quits(tmp_path):
         time.sleep(1.0)  # well inside the loop
         return p
 
-    p = start(tmp_path / "a")
-    p.send_signal(signal.SIGINT)
-    log, _ = p.communicate(timeout=120)
-    assert p.returncode == 0, log[-2000:]
-    assert "stopped (interrupt)" in log and "continue with: --resume --out" in log, log[-2000:]
-    assert load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))["step"] > 0
+    for name, sig, code in (("a", signal.SIGINT, 130), ("b", signal.SIGTERM, 143)):  # `train && sample` stops
+        p = start(tmp_path / name)
+        p.send_signal(sig)
+        log, _ = p.communicate(timeout=120)
+        assert p.returncode == code, log[-2000:]
+        assert "stopped (interrupt)" in log and "continue with: --resume --out" in log, log[-2000:]
+        assert load_checkpoint(str(tmp_path / name / "ckpt.pt"))["step"] > 0
     # The second Ctrl-C: exit at once with 130 (called directly: a race against a fast save otherwise).
     import trainer
     exits = []
-    orig_exit, orig_handler = os._exit, signal.getsignal(signal.SIGINT)
+    orig_exit, orig_handlers = os._exit, {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     os._exit = exits.append
     try:
-        it = trainer.Interrupt()
-        it.handler()
+        it = trainer.Interrupt(1)
+        it.handler(signal.SIGINT, None)
         assert it.requested and exits == []
-        it.handler()
+        it.handler(signal.SIGINT, None)
         assert exits == [130]
     finally:
         os._exit = orig_exit
-        signal.signal(signal.SIGINT, orig_handler)
+        for s, h in orig_handlers.items():
+            signal.signal(s, h)
 
 
 @pytest.mark.slow

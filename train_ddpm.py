@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from cli import UserError
+from cli import NONNEG, POSITIVE_INT, UserError
 from sample import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, generate_ddpm
 from schedules import Schedule
 from trainer import train
@@ -41,13 +41,13 @@ class DDPM:
     def add_args(self, p):
         g = p.add_argument_group("diffusion")
         g.add_argument("--schedule", default="cosine", choices=["linear", "cosine", "sigmoid"])
-        g.add_argument("--T", type=int, default=1000, help="diffusion steps")
+        g.add_argument("--T", type=POSITIVE_INT, default=1000, help="diffusion steps")
         g.add_argument("--pred", default="eps", choices=["eps", "x0", "v"], help="what the network predicts")
-        g.add_argument("--min-snr", type=float, default=0.0, help="min-SNR-γ loss weighting (0: off; 5 is usual)")
+        g.add_argument("--min-snr", type=NONNEG, default=0.0, help="min-SNR-γ loss weighting (0: off; 5 is usual)")
         g.add_argument("--learn-sigma", action="store_true", help="learned variance + hybrid loss (improved DDPM)")
         g.add_argument("--grid-sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
                        help="sampler for the progress grids (stochastic samplers look cleaner on short runs)")
-        g.add_argument("--grid-steps", type=int, default=DEFAULT_STEPS)
+        g.add_argument("--grid-steps", type=POSITIVE_INT, default=DEFAULT_STEPS)
 
     def setup(self, args, data):
         if args.grid_steps < 1:

@@ -28,7 +28,8 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, save_atomic
-from cli import UserError, add_run_args, resolve_device, run_cli
+from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, resolve_device,
+                 run_cli)
 from data import DataError, add_data_args, augment_batch, data_from_args, to_model
 from machine import autocast, ddp_backend, describe, machine_name, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet
@@ -39,31 +40,31 @@ FROZEN_ON_RESUME = ("data", "data_root", "size", "folds", "preset", "ch", "cond"
 
 
 def base_parser(description, default_preset="small"):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_args(p)
     add_run_args(p, "run folder (default runs/<kind>_<data><size>, a new one if it exists; with --resume the one to continue)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--preset", default=default_preset, choices=list(PRESETS), help="UNet size")
-    g.add_argument("--ch", type=int, default=None, help="override the preset's base width")
+    g.add_argument("--ch", type=POSITIVE_INT, default=None, help="override the preset's base width")
     g.add_argument("--cond", action="store_true", help="class-conditional (labelled data), label drop for CFG")
-    g.add_argument("--label-drop", type=float, default=0.1, help="with --cond: share of labels replaced by null")
-    g.add_argument("--batch", type=int, default=32, help="global batch size")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's, 1e-3 for small)")
+    g.add_argument("--label-drop", type=FRACTION, default=0.1, help="with --cond: share of labels replaced by null")
+    g.add_argument("--batch", type=POSITIVE_INT, default=32, help="global batch size")
+    g.add_argument("--lr", type=POSITIVE, default=None, help="learning rate (default: the preset's, 1e-3 for small)")
     g.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "nadam", "sgd"])
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--warmup", type=int, default=100, help="linear lr warm-up steps")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0: off)")
-    g.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (warmed up as (1+n)/(10+n))")
+    g.add_argument("--weight-decay", type=NONNEG, default=0.0)
+    g.add_argument("--warmup", type=NONNEG_INT, default=100, help="linear lr warm-up steps")
+    g.add_argument("--grad-clip", type=NONNEG, default=1.0, help="max grad norm (0: off)")
+    g.add_argument("--ema-decay", type=FRACTION, default=0.999, help="EMA decay (warmed up as (1+n)/(10+n))")
     g = p.add_argument_group("budget and outputs")
-    g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--steps", type=int, default=None, help="total optimiser steps")
-    g.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default 15 when no budget given)")
-    g.add_argument("--sample-every", type=int, default=5, help="write a sample grid every N epochs (0: only at the end)")
-    g.add_argument("--ckpt-every", type=float, default=5.0, help="write a checkpoint every N minutes")
+    g.add_argument("--epochs", type=POSITIVE_INT, default=None)
+    g.add_argument("--steps", type=POSITIVE_INT, default=None, help="total optimiser steps")
+    g.add_argument("--minutes", type=POSITIVE, default=None, help="wall-clock budget (default 15 when no budget given)")
+    g.add_argument("--sample-every", type=NONNEG_INT, default=5, help="write a sample grid every N epochs (0: only at the end)")
+    g.add_argument("--ckpt-every", type=NONNEG, default=5.0, help="write a checkpoint every N minutes")
     g.add_argument("--keep-ckpts", action="store_true",
                    help="also keep ckpt_epochNNN.pt at each sample grid (for fid.py's FID-vs-epoch table)")
-    g.add_argument("--log-every", type=int, default=20, help="log every N steps")
-    g.add_argument("--n", "--num-samples", dest="n", type=int, default=32,
+    g.add_argument("--log-every", type=POSITIVE_INT, default=20, help="log every N steps")
+    g.add_argument("--n", "--num-samples", dest="n", type=POSITIVE_INT, default=32,
                    help="images in each sample grid (under torchrun write --num-samples: torchrun claims --n)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
     g.add_argument("--ckpt", default=None, help="with --resume: the checkpoint to continue (default <out>/ckpt.pt)")
@@ -132,18 +133,22 @@ def keep_copy(src, dst):
 
 
 class Interrupt:
-    """First Ctrl-C: finish the step, save, exit. Second: exit at once."""
+    """First Ctrl-C (or SIGTERM outside torchrun): finish the step, save, exit 130 (143), so `train && sample`
+    does not go on as if training had finished. Second: exit at once."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, world):
+        self.requested, self.code = False, 0
         signal.signal(signal.SIGINT, self.handler)
+        if world == 1:  # under torchrun, SIGTERM means another worker failed (_train_under_torchrun)
+            signal.signal(signal.SIGTERM, self.handler)
 
-    def handler(self, *_):
+    def handler(self, signum, _frame):
         if self.requested:
-            print("\nsecond Ctrl-C: exiting without saving", file=sys.stderr)
-            os._exit(130)
-        self.requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to quit at once)", file=sys.stderr)
+            print("\nsecond signal: exiting without saving", file=sys.stderr)
+            os._exit(128 + signum)
+        self.requested, self.code = True, 128 + signum
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{name}: saving a checkpoint after this step ({name} again to quit at once)", file=sys.stderr)
 
 
 def train(objective, argv=None):
@@ -217,7 +222,7 @@ def _train(objective, args, parser):
     if args.epochs is None and args.steps is None and args.minutes is None:
         args.minutes = 15.0
     precision = resolve_precision(args.precision, device)
-    args.lr = args.lr or PRESETS[args.preset]["lr"]
+    args.lr = PRESETS[args.preset]["lr"] if args.lr is None else args.lr
 
     data = data_from_args(args)
     args.size = data.size
@@ -225,6 +230,13 @@ def _train(objective, args, parser):
         raise UserError(f"--cond needs labels, and '{args.data}' has none; drop --cond")
     if len(data) < args.batch:
         raise UserError(f"the dataset has {len(data)} images, fewer than --batch {args.batch}; lower --batch")
+    if resume_ck is not None and ((args.steps and resume_ck["step"] >= args.steps)
+                                  or (args.epochs and resume_ck["epoch"] >= args.epochs)):
+        log(f"{args.out} is already at step {resume_ck['step']} (epoch {resume_ck['epoch']}), which meets the budget "
+            f"given: nothing to do (raise --steps or --epochs to train on)")
+        if world > 1:
+            dist.destroy_process_group()
+        return
     objective.setup(args, data)
     if resume_ck is None:
         args.out = new_run_dir(getattr(objective, "run_name", objective.kind), args) if main else None
@@ -325,7 +337,7 @@ def _train(objective, args, parser):
     part = slice(rank * local, (rank + 1) * local)
     total_steps = args.steps or (args.epochs * n_batches if args.epochs else None)
     deadline = time.time() + 60 * args.minutes if args.minutes else None
-    interrupt = Interrupt() if main else None
+    interrupt = Interrupt(world) if main else None
     log_f = open(os.path.join(args.out, "log.csv"), "a", newline="") if main else None
     log_w = csv.writer(log_f) if main else None
     if main and log_f.tell() == 0:
@@ -428,3 +440,5 @@ def _train(objective, args, parser):
         dist.all_gather_object(sums, (flat.double().sum().item(), flat.double().abs().sum().item()))
         log(f"DDP check: parameters identical on all {world} ranks: {all(s == sums[0] for s in sums)}")
         dist.destroy_process_group()
+    if stop_reason == "interrupt":
+        sys.exit(interrupt.code if interrupt else 130)

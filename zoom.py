@@ -14,7 +14,7 @@ fitted to them. All four are computed at training time and stored in the checkpo
 import torch
 import torch.nn.functional as F
 
-from cli import UserError
+from cli import POSITIVE_INT, UserError
 from data import to_model
 from schedules import zoom_degrade
 
@@ -163,7 +163,7 @@ class ColdZoom:
 
     def add_args(self, p):
         g = p.add_argument_group("cold zoom")
-        g.add_argument("--final-size", type=int, default=4, help="side of the final window (T = size - final size)")
+        g.add_argument("--final-size", type=POSITIVE_INT, default=4, help="side of the final window (T = size - final size)")
         g.add_argument("--loss", default="mse", choices=["mse", "l1"])
         g.add_argument("--grid-start", default="bank", choices=STARTS, help="start state for the progress grids")
         p.set_defaults(data="mnist", warmup=100)
