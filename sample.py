@@ -20,7 +20,8 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, resolve_device, run_cli
+from cli import (FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, resolve_device,
+                 run_cli)
 from machine import autocast, describe, resolve_precision, set_threads, setup_device
 from data import to_uint8
 from schedules import Schedule
@@ -213,6 +214,8 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
                           batch, progress=progress, snapshots=snapshots, precision=precision)
         return x, dict(sampler=sampler, start=start, noise=noise, nfe=obj["T"])
     sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
+    if cfg is not None and not ck.get("class_names"):
+        raise UserError("--cfg needs a class-conditional checkpoint (trained with --cond); this one is unconditional")
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler '{sampler}' for a DDPM checkpoint; choose one of {', '.join(SAMPLERS)}")
     spacing = spacing or default_spacing(sampler)
@@ -294,13 +297,15 @@ def _main(args):
     sampler = args.sampler
     labels = parse_labels(args.labels, args.n, ck)
     snaps = [] if args.progression else None
+    name = (f"{args.sampler or 'naive'}_{args.start}" if zoom else
+            f"{args.sampler or DEFAULT_SAMPLER}{args.steps or DEFAULT_STEPS}")
+    out = ensure_writable(args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{name}"), "--out")
     t0 = time.time()
     x, info = generate_from_checkpoint(ck, args.n, device, sampler, args.steps, args.eta, args.start, args.noise, labels,
                                        args.cfg, args.seed, args.batch, precision, ema=not args.raw, snapshots=snaps,
                                        spacing=args.spacing)
     dt = time.time() - t0
-    name = f"{info['sampler']}_{args.start}" if zoom else f"{info['sampler']}{info['steps']}"
-    written = save_outputs(x, args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{name}"), snaps)
+    written = save_outputs(x, out, snaps)
     what = f"start {args.start}" if zoom else f"{info['steps']} steps"
     print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {info['sampler']}, {what}, NFE {info['nfe']}, "
           f"{'raw' if args.raw else 'ema'}) -> {written}")

@@ -773,6 +773,31 @@ def test_bad_number_is_one_line_exit_2_nothing_written(tmp_path, script, flags, 
     assert not (tmp_path / "out").exists()
 
 
+def test_run_folder_is_claimed_atomically(tmp_path):
+    """Two runs with the same --out never share a folder, and a folder left by a failed start is not reused."""
+    import argparse
+    from trainer import claim_run_dir
+    args = argparse.Namespace(out=str(tmp_path / "run"), data="maps", size=16)
+    first, second = claim_run_dir("ddpm", args), claim_run_dir("ddpm", args)
+    assert (first, second) == (str(tmp_path / "run"), str(tmp_path / "run_2"))
+    (tmp_path / "file").write_text("")
+    one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--out", str(tmp_path / "file" / "x"),
+                             ok=False))
+
+
+def test_flags_that_do_not_apply_and_unwritable_outputs_are_refused_before_work(tmp_path):
+    out = tmp_path / "run"
+    run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--sample-every", "0", "--out", str(out))
+    code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--cfg", "3", "--n", "2", ok=False)
+    one_line_error(code, log)
+    assert "--cfg needs a class-conditional checkpoint" in log
+    (tmp_path / "file").write_text("")
+    code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--out", str(tmp_path / "file" / "s"),
+                         ok=False)
+    one_line_error(code, log)
+    assert "cannot write there" in log and "images in" not in log  # refused before sampling
+
+
 def test_any_width_builds():
     """Groups, heads and the time embedding follow the width, so any --ch builds."""
     for ch in (1, 5, 7, 12, 20, 48, 56, 100):

@@ -101,12 +101,21 @@ def agree(rank0_flags, nonfinite, device):
     return out, bad
 
 
-def new_run_dir(kind, args):
+def claim_run_dir(kind, args):
+    """The run folder, claimed atomically: the first of base, base_2, ... where this process creates
+    config.json itself (O_EXCL), so two runs started at once never share one, and a folder left by
+    another run, finished or failed, is never appended to."""
     base = args.out or os.path.join("runs", f"{kind}_{args.data}{args.size}")
     out, k = base, 2
-    while os.path.exists(os.path.join(out, "ckpt.pt")):  # never overwrite another run's checkpoint
-        out, k = f"{base}_{k}", k + 1
-    return out
+    while True:
+        try:
+            os.makedirs(out, exist_ok=True)
+            os.close(os.open(os.path.join(out, "config.json"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return out
+        except FileExistsError:
+            out, k = f"{base}_{k}", k + 1
+        except OSError as e:
+            raise UserError(f"cannot write the run folder {out} ({e.strerror}); pick another --out")
 
 
 def heldout_images(args):
@@ -239,7 +248,7 @@ def _train(objective, args, parser):
         return
     objective.setup(args, data)
     if resume_ck is None:
-        args.out = new_run_dir(getattr(objective, "run_name", objective.kind), args) if main else None
+        args.out = claim_run_dir(getattr(objective, "run_name", objective.kind), args) if main else None
     log(describe(device, precision) + f", {world} process(es)")
     log(f"{objective.kind}: {args.data} {len(data)} images {data.channels}x{data.size}x{data.size}, "
         f"{'%d classes' % data.num_classes if args.cond else 'unconditional'}")
