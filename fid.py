@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -85,12 +86,21 @@ def read_samples(path):
     if path.endswith(".npz"):
         if not os.path.isfile(path):
             raise UserError(f"--samples '{path}' does not exist")
-        z = np.load(path)
-        x = z["images"] if "images" in z else z[z.files[0]]
+        want = "uint8 images N x H x W x C (C = 1 or 3), as sample.py writes them"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                x = z["images"] if "images" in z.files else z[z.files[0]]
+        except (ValueError, OSError, IndexError, zipfile.BadZipFile) as e:
+            raise UserError(f"--samples {path}: not a readable .npz of {want} ({str(e).splitlines()[0][:80]})")
         if x.ndim == 3:
-            x = x[..., None]
+            x = x[..., None]  # N x H x W: grey
         if x.dtype != np.uint8 or x.ndim != 4:
-            raise UserError(f"--samples {path}: expected uint8 images N x H x W x C, got {x.dtype} {x.shape}")
+            raise UserError(f"--samples {path}: expected {want}, got {x.dtype} {x.shape}")
+        if x.shape[-1] not in (1, 3):
+            hint = " (channel-first? transpose to N x H x W x C)" if x.shape[1] in (1, 3) else ""
+            raise UserError(f"--samples {path}: {x.shape[-1]} channels in {x.shape}; expected {want}{hint}")
+        if x.shape[1] != x.shape[2] or len(x) < 2:
+            raise UserError(f"--samples {path}: {x.shape} is not a set of square images; expected {want}, N >= 2")
         return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     if not os.path.isdir(path):
         raise UserError(f"--samples '{path}' is neither a folder of images nor an .npz file")

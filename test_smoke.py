@@ -798,6 +798,24 @@ def test_flags_that_do_not_apply_and_unwritable_outputs_are_refused_before_work(
     assert "cannot write there" in log and "images in" not in log  # refused before sampling
 
 
+def test_fid_refuses_samples_in_the_wrong_layout_before_a_network_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    bad = {"rgba": rng.integers(0, 256, (4, 8, 8, 4), dtype=np.uint8),
+           "five": rng.integers(0, 256, (4, 8, 8, 5), dtype=np.uint8),
+           "chw": rng.integers(0, 256, (4, 3, 8, 8), dtype=np.uint8),
+           "one_image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+           "floats": rng.random((4, 8, 8, 3)),
+           "objects": np.array([None, 1], dtype=object)}
+    for name, arr in bad.items():
+        np.savez(tmp_path / f"{name}.npz", images=arr)
+    (tmp_path / "text.npz").write_text("not an archive")
+    for name in [*bad, "text"]:
+        code, log = run_here("fid.py", "--samples", str(tmp_path / f"{name}.npz"), "--ref", "mnist:test",
+                             "--data-root", str(tmp_path), ok=False)
+        one_line_error(code, log)
+        assert "N x H x W x C" in log and "inception features" not in log, (name, log)
+
+
 def test_any_width_builds():
     """Groups, heads and the time embedding follow the width, so any --ch builds."""
     for ch in (1, 5, 7, 12, 20, 48, 56, 100):
