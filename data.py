@@ -325,6 +325,10 @@ def load_data(name, root=None, size=None, split="train", folds=None, download=Fa
         # Above MAX_SIZE the presets' attention and memory stop making sense on a laptop.
         raise DataError(f"--size {size} is outside what the UNet presets take; use 4 to {MAX_SIZE}")
     root = root or "data"
+    splits = {"flowers102": ("train", "val", "test"), "coffee": ("train",), "folder": ("train",)}.get(name, ("train", "test"))
+    if split not in splits:
+        hint = {"coffee": "; coffee splits by fold: --folds 5", "folder": "; a folder is one set"}.get(name, "")
+        raise DataError(f"split '{split}' of {name}: use {' or '.join(splits)}{hint}")
     if name == "maps":
         # Train and test tiles come from disjoint seeds.
         return make_maps(n_maps if split == "train" else max(1, n_maps // 5), size, seed=seed + (0 if split == "train" else 10**6))
@@ -350,7 +354,12 @@ def add_data_args(p):
 
 
 def data_from_args(args, split="train"):
-    folds = [int(f) for f in args.folds.split(",")] if getattr(args, "folds", None) else None
+    folds = None
+    if getattr(args, "folds", None):
+        try:
+            folds = [int(f) for f in args.folds.split(",")]
+        except ValueError:
+            raise DataError(f"--folds '{args.folds}': give comma-separated fold numbers 1-5, e.g. 1,2,3")
     return load_data(args.data, args.data_root, args.size, split=split, folds=folds, download=args.download,
                      n_maps=args.n_maps)
 

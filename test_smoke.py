@@ -816,6 +816,16 @@ def test_fid_refuses_samples_in_the_wrong_layout_before_a_network_loads(tmp_path
         assert "N x H x W x C" in log and "inception features" not in log, (name, log)
 
 
+def test_unknown_split_and_bad_folds_are_one_line(tmp_path):
+    code, log = run_here("data.py", "--data", "maps", "--n-maps", "8", "--size", "8", "--split", "validation",
+                         "--out", str(tmp_path / "d"), ok=False)
+    one_line_error(code, log)
+    assert "split 'validation' of maps: use train or test" in log and not (tmp_path / "d").exists()
+    one_line_error(*run_here("data.py", "--data", "coffee", "--split", "test", ok=False))
+    one_line_error(*run_here("train_ddpm.py", "--data", "coffee", "--data-root", str(tmp_path), "--folds", "abc",
+                             "--steps", "1", ok=False))
+
+
 def test_any_width_builds():
     """Groups, heads and the time embedding follow the width, so any --ch builds."""
     for ch in (1, 5, 7, 12, 20, 48, 56, 100):
