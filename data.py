@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -139,13 +140,30 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COFFEE_URL = "http://www.patreo.dcc.ufmg.br/wp-content/uploads/2017/11/brazilian_coffee_dataset.zip"
 
 
+def as_viewed(img, mode):
+    """A PIL image as a photo viewer shows it, in `mode`: EXIF orientation applied, 16-bit scaled (not
+    clipped) to 8-bit, transparency (RGBA, LA, palette) composited on white; CMYK and the rest by PIL."""
+    from PIL import Image, ImageOps
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):  # 16-bit greyscale ("I;16*"; "I" when Pillow widens it to 32-bit)
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
+    return img.convert(mode)
+
+
 def decode_image(path, size, mode="RGB"):
-    """One file -> uint8 (C, size, size): shorter side resized to size (antialiased), centre crop."""
+    """One file -> uint8 (C, size, size) as a viewer shows it (as_viewed): shorter side resized to size
+    (antialiased), centre crop."""
     from PIL import Image
     import torchvision.transforms.functional as TF
     with Image.open(path) as img:
         img.draft(mode, (2 * size, 2 * size))  # JPEG: decode at a reduced scale when it is much larger
-        img = img.convert(mode)
+        img = as_viewed(img, mode)
         img = TF.center_crop(TF.resize(img, size, antialias=True), size)
         return TF.pil_to_tensor(img)
 

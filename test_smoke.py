@@ -826,6 +826,33 @@ def test_unknown_split_and_bad_folds_are_one_line(tmp_path):
                              "--steps", "1", ok=False))
 
 
+def test_folder_images_decode_as_a_viewer_shows_them(tmp_path):
+    """16-bit greys scale (not clip), transparency lands on white, palette/CMYK/LA decode, EXIF orientation applies."""
+    from PIL import Image
+    from data import decode_image
+    grey16 = np.full((16, 16), 32896, dtype=np.uint16)  # 128 * 257: mid-grey
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    Image.new("RGBA", (16, 16), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("LA", (16, 16), (0, 0)).save(tmp_path / "la.png")
+    pal = Image.new("P", (16, 16), 1)
+    pal.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    pal.save(tmp_path / "pal.png", transparency=0)
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    img = Image.new("RGB", (16, 16), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 16, 8))  # red on top
+    exif = Image.Exif()
+    exif[0x0112] = 3  # orientation: rotate 180
+    img.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    assert abs(int(decode_image(tmp_path / "g16.png", 16, "L").float().mean()) - 128) <= 1
+    assert decode_image(tmp_path / "clear.png", 16).min() == 255  # fully transparent -> white
+    assert decode_image(tmp_path / "la.png", 16, "L").min() == 255
+    assert decode_image(tmp_path / "pal.png", 16)[:, 0, 0].tolist() == [0, 255, 0]  # index 1, opaque
+    r, g, b = decode_image(tmp_path / "cmyk.jpg", 16).float().mean(dim=(1, 2)).tolist()
+    assert r > 200 and g < 60 and b < 60  # CMYK (0, 255, 255, 0) is red
+    x = decode_image(tmp_path / "rot.jpg", 16).float()
+    assert x[2, :6].mean() > 200 and x[0, -6:].mean() > 200  # blue now on top, red below
+
+
 def test_any_width_builds():
     """Groups, heads and the time embedding follow the width, so any --ch builds."""
     for ch in (1, 5, 7, 12, 20, 48, 56, 100):
