@@ -56,6 +56,9 @@ def run_cli(main):
     except (UserError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves first): no traceback
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def add_run_args(p, out_help="output folder"):

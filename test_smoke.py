@@ -853,6 +853,35 @@ def test_folder_images_decode_as_a_viewer_shows_them(tmp_path):
     assert x[2, :6].mean() > 200 and x[0, -6:].mean() > 200  # blue now on top, red below
 
 
+def test_resume_refuses_any_typed_contradiction_and_follows_moved_data(tmp_path):
+    """A flag typed on --resume that contradicts the run is refused even when it equals the default; the
+    dataset may move (its content is its identity), but other data is refused."""
+    from PIL import Image
+    src = tmp_path / "photos"
+    src.mkdir()
+    for k in range(20):
+        Image.new("RGB", (16, 16), (12 * k, 255 - 12 * k, 90)).save(src / f"{k:02d}.png")
+    out = tmp_path / "run"
+    common = [*TINY, "--data", "folder", "--size", "16", "--sample-every", "0"]
+    run_here("train_ddpm.py", *common, "--data-root", str(src), "--steps", "2", "--out", str(out))
+    code, log = run_here("train_ddpm.py", *common, "--steps", "4", "--resume", "--out", str(out), "--preset", "small",
+                         ok=False)
+    one_line_error(code, log)
+    assert "--preset small contradicts the checkpoint" in log
+    moved = tmp_path / "moved"
+    src.rename(moved)
+    code, log = run_here("train_ddpm.py", *common, "--data-root", str(moved), "--steps", "4", "--resume", "--out", str(out))
+    assert "stopped (steps) at step 4" in log
+    other = tmp_path / "other"
+    other.mkdir()
+    for k in range(20):
+        Image.new("RGB", (16, 16), (5 * k, 9, 200)).save(other / f"{k:02d}.png")
+    code, log = run_here("train_ddpm.py", *common, "--data-root", str(other), "--steps", "6", "--resume", "--out",
+                         str(out), ok=False)
+    one_line_error(code, log)
+    assert "is not the data this run trained on" in log
+
+
 def test_any_width_builds():
     """Groups, heads and the time embedding follow the width, so any --ch builds."""
     for ch in (1, 5, 7, 12, 20, 48, 56, 100):

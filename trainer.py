@@ -12,6 +12,7 @@ ranks compute what one process with the same global batch would.
 """
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -35,7 +36,8 @@ from machine import autocast, ddp_backend, describe, machine_name, resolve_preci
 from nn_unet import PRESETS, build_unet
 
 # Flags that define the model and the data: on --resume they come from the checkpoint.
-FROZEN_ON_RESUME = ("data", "data_root", "size", "folds", "preset", "ch", "cond", "batch", "lr", "optimizer",
+# The data's path is not among them: a moved dataset resumes, checked by its content (data_fingerprint).
+FROZEN_ON_RESUME = ("data", "size", "folds", "preset", "ch", "cond", "batch", "lr", "optimizer",
                     "weight_decay", "warmup", "grad_clip", "ema_decay", "seed", "label_drop", "n_maps")
 
 
@@ -165,16 +167,36 @@ def train(objective, argv=None):
     p = base_parser(objective.description, objective.default_preset)
     objective.add_args(p)
     args = p.parse_args(argv)
-    run_cli(lambda: _train_under_torchrun(objective, args, p))
+    run_cli(lambda: _train_under_torchrun(objective, args, typed_flags(p, argv)))
 
 
-def _train_under_torchrun(objective, args, parser):
+def typed_flags(parser, argv):
+    """The dests of the flags typed on the command line, a value equal to the default included: parsed
+    again with every default replaced by a marker."""
+    marker = object()
+    defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    parser.set_defaults(**{d: marker for d in defaults})
+    try:
+        again = parser.parse_args(argv)
+    finally:
+        parser.set_defaults(**defaults)
+    return {d for d, v in vars(again).items() if v is not marker}
+
+
+def data_fingerprint(data):
+    """The data's identity: its decoded images and labels, wherever they were read from."""
+    h = hashlib.sha256(data.images.contiguous().numpy().tobytes())
+    h.update(data.labels.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _train_under_torchrun(objective, args, typed):
     """Under torchrun a dead worker reaches the others as torchrun's SIGTERM or as a failed collective:
     say which, in one line with the backend's own message, the last checkpoint and how to resume. Any
     other error is a bug and keeps its traceback."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if world == 1:
-        return _train(objective, args, parser)
+        return _train(objective, args, typed)
 
     def where():
         ck = os.path.join(args.out, "ckpt.pt") if args.out else None
@@ -187,7 +209,7 @@ def _train_under_torchrun(objective, args, parser):
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        return _train(objective, args, parser)
+        return _train(objective, args, typed)
     except RuntimeError as e:
         if not (isinstance(e, dist.DistError) or _from_a_collective(e)):
             raise  # not about the other workers: a bug, keep its traceback
@@ -199,7 +221,7 @@ def _from_a_collective(e):
     return any(k in str(e) for k in ("gloo", "NCCL", "nccl", "Connection reset", "Connection closed"))
 
 
-def _train(objective, args, parser):
+def _train(objective, args, typed):
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     set_threads(world)
     device = resolve_device(args.device)
@@ -219,10 +241,12 @@ def _train(objective, args, parser):
         resume_ck = load_checkpoint(path, kind=objective.kind)
         for k in FROZEN_ON_RESUME + tuple(objective.frozen_args):
             given, saved = getattr(args, k), resume_ck["args"][k]
-            if given != parser.get_default(k) and given != saved:  # typed on the command line, and contradicts
+            if k in typed and given != saved:
                 raise UserError(f"--{k.replace('_', '-')} {given} contradicts the checkpoint being resumed "
                                 f"({saved}); drop the flag (a resumed run keeps its settings) or start a new run")
             setattr(args, k, saved)
+        if "data_root" not in typed:
+            args.data_root = resume_ck["args"]["data_root"]
         args.out = os.path.dirname(os.path.abspath(path))
     if args.batch % world:
         raise UserError(f"--batch {args.batch} is not divisible by the {world} processes; pick a multiple of {world}")
@@ -235,6 +259,10 @@ def _train(objective, args, parser):
 
     data = data_from_args(args)
     args.size = data.size
+    fingerprint = data_fingerprint(data)
+    if resume_ck is not None and resume_ck.get("data_fingerprint", fingerprint) != fingerprint:
+        raise UserError(f"the {args.data} data under {args.data_root} is not the data this run trained on "
+                        f"(its content differs); point --data-root at that data, or start a new run")
     if args.cond and data.num_classes == 0:
         raise UserError(f"--cond needs labels, and '{args.data}' has none; drop --cond")
     if len(data) < args.batch:
@@ -299,7 +327,7 @@ def _train(objective, args, parser):
             raise UserError(f"the weights are no longer finite at step {step}: training diverged (lower --lr, or "
                             f"another --optimizer); {last_good()}")
         save_atomic({
-            "kind": objective.kind, "model_config": model.config, "args": vars(args),
+            "kind": objective.kind, "model_config": model.config, "args": vars(args), "data_fingerprint": fingerprint,
             "class_names": data.class_names if args.cond else [], "channels": data.channels, "size": data.size,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "lr_sched": sched.state_dict(), "scaler": scaler.state_dict(),
