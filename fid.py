@@ -63,7 +63,7 @@ def main():
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
     g.add_argument("--eta", type=NONNEG, default=0.0)
     g.add_argument("--cfg", type=FINITE, default=None)
-    g.add_argument("--start", default="bank", help="zoom start state(s): hist, single, bank, gmm; comma-separated "
+    g.add_argument("--start", default=None, help="zoom start state(s): hist, single, bank, gmm; comma-separated "
                                                    "for a table")
     g.add_argument("--noise", type=NONNEG, default=0.0, help="zoom: noise std injected while sampling")
     g.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
@@ -148,9 +148,14 @@ def sample_jobs(args, device, precision):
     for path in args.ckpt:
         ck = load_checkpoint(path)
         zoom = ck["kind"] == "zoom"
+        if not zoom and args.start:
+            raise UserError("--start is a Cold Zoom option; a DDPM checkpoint starts from Gaussian noise")
+        if zoom and (args.steps or args.sweep_steps):
+            raise UserError("--steps and --sweep-steps are DDPM options; a zoom checkpoint walks its own T steps "
+                            "(sweep --start instead)")
         labels = parse_labels(None, args.n, ck)  # a class-conditional model draws every class in turn
         for sampler in samplers:
-            for st, start in ([(None, s) for s in args.start.split(",")] if zoom else [(s, None) for s in steps]):
+            for st, start in ([(None, s) for s in (args.start or "bank").split(",")] if zoom else [(s, None) for s in steps]):
                 t0 = time.time()
                 x, info = generate_from_checkpoint(ck, args.n, device, sampler or None, st, args.eta, start,
                                                    args.noise, labels, args.cfg, args.seed, args.batch, precision,

@@ -194,7 +194,7 @@ def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0
     return torch.cat(out)
 
 
-def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start="bank", noise=0.0, labels=None,
+def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start=None, noise=0.0, labels=None,
                              cfg=None, seed=0, batch=SAMPLE_BATCH, precision="fp32", ema=True, progress=True, snapshots=None,
                              spacing=None):
     """n images in [-1, 1] from any checkpoint of this project, and a short description with the NFE.
@@ -206,14 +206,19 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
         sampler = sampler or "naive"
         if sampler not in ZOOM_SAMPLERS:
             raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler naive or improved")
-        if cfg is not None or eta or spacing:
-            raise UserError("--cfg, --eta and --spacing are DDPM options; a zoom checkpoint samples deterministically "
-                            "from --start (add --noise for variety)")
+        if cfg is not None or eta or spacing or steps is not None:
+            raise UserError("--cfg, --eta, --spacing and --steps are DDPM options; a zoom checkpoint walks its own T "
+                            "steps from --start (add --noise for variety)")
+        start = start or "bank"
         obj = ck["objective"]
         x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
                           batch, progress=progress, snapshots=snapshots, precision=precision)
         return x, dict(sampler=sampler, start=start, noise=noise, nfe=obj["T"])
     sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
+    if start is not None or noise:
+        raise UserError("--start and --noise are Cold Zoom options; a DDPM checkpoint starts from Gaussian noise")
+    if eta and sampler != "ddim":
+        raise UserError(f"--eta is DDIM's; {sampler} fixes its own noise (use --sampler ddim --eta {eta})")
     if cfg is not None and not ck.get("class_names"):
         raise UserError("--cfg needs a class-conditional checkpoint (trained with --cond); this one is unconditional")
     if sampler not in SAMPLERS:
@@ -274,7 +279,7 @@ def main():
     p.add_argument("--eta", type=NONNEG, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
     p.add_argument("--cfg", type=FINITE, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
     p.add_argument("--labels", default=None, help="comma-separated class indices, cycled (default: all classes in turn)")
-    p.add_argument("--start", default="bank", help="zoom only: start state hist, single, bank or gmm")
+    p.add_argument("--start", default=None, help="zoom only: start state hist, single, bank (default) or gmm")
     p.add_argument("--noise", type=NONNEG, default=0.0, help="zoom only: std of noise injected while sampling")
     p.add_argument("--batch", type=POSITIVE_INT, default=SAMPLE_BATCH, help="images per network call")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
@@ -297,7 +302,7 @@ def _main(args):
     sampler = args.sampler
     labels = parse_labels(args.labels, args.n, ck)
     snaps = [] if args.progression else None
-    name = (f"{args.sampler or 'naive'}_{args.start}" if zoom else
+    name = (f"{args.sampler or 'naive'}_{args.start or 'bank'}" if zoom else
             f"{args.sampler or DEFAULT_SAMPLER}{args.steps or DEFAULT_STEPS}")
     out = ensure_writable(args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{name}"), "--out")
     t0 = time.time()
@@ -306,7 +311,7 @@ def _main(args):
                                        spacing=args.spacing)
     dt = time.time() - t0
     written = save_outputs(x, out, snaps)
-    what = f"start {args.start}" if zoom else f"{info['steps']} steps"
+    what = f"start {info['start']}" if zoom else f"{info['steps']} steps"
     print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {info['sampler']}, {what}, NFE {info['nfe']}, "
           f"{'raw' if args.raw else 'ema'}) -> {written}")
 

@@ -791,6 +791,22 @@ def test_flags_that_do_not_apply_and_unwritable_outputs_are_refused_before_work(
     code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--cfg", "3", "--n", "2", ok=False)
     one_line_error(code, log)
     assert "--cfg needs a class-conditional checkpoint" in log
+    for flags, says in ((["--eta", "0.5"], "--eta is DDIM's"), (["--start", "hist"], "--start and --noise are Cold Zoom"),
+                        (["--noise", "0.1"], "--start and --noise are Cold Zoom")):
+        code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", *flags, ok=False)
+        one_line_error(code, log)
+        assert says in log, log
+    code, log = run_here("fid.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--start", "hist", "--ref", "maps:test",
+                         ok=False)
+    one_line_error(code, log)
+    assert "--start is a Cold Zoom option" in log
+    zoom = tmp_path / "zoom"
+    run_here("train_zoom_nearest.py", *TINY, "--data", "maps", "--size", "16", "--steps", "1", "--sample-every", "0",
+             "--out", str(zoom))
+    for script, extra in (("sample.py", []), ("fid.py", ["--ref", "maps:test"])):
+        code, log = run_here(script, "--ckpt", str(zoom / "ckpt.pt"), "--n", "2", "--steps", "5", *extra, ok=False)
+        one_line_error(code, log)
+        assert "are DDPM options" in log, log
     (tmp_path / "file").write_text("")
     code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--out", str(tmp_path / "file" / "s"),
                          ok=False)
