@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import Parser, UserError, run_cli
+from cli import NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, run_cli
 from machine import set_threads
 from data import add_data_args, augment_batch, data_from_args, to_uint8
 
@@ -27,15 +27,15 @@ from data import add_data_args, augment_batch, data_from_args, to_uint8
 def main():
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
-    p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
-    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--minutes", type=POSITIVE, default=20.0, help="training wall-clock budget")
+    p.add_argument("--dim", type=POSITIVE_INT, default=32)
     p.add_argument("--dim-mults", default="1,2,4")
-    p.add_argument("--lr", type=float, default=8e-5)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps")
-    p.add_argument("--n", type=int, default=2000, help="images to sample")
+    p.add_argument("--lr", type=POSITIVE, default=8e-5)
+    p.add_argument("--batch", type=POSITIVE_INT, default=32)
+    p.add_argument("--steps", type=POSITIVE_INT, default=50, help="DDIM sampling steps")
+    p.add_argument("--n", type=POSITIVE_INT, default=2000, help="images to sample")
     p.add_argument("--out", default=None, help="default runs/anchor_lucidrains_<data><size>")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NONNEG_INT, default=0)
     args = p.parse_args()
     run_cli(lambda: _main(args))
 

@@ -28,7 +28,8 @@ import torch
 from torchvision.utils import save_image
 
 from checkpoint import load_checkpoint
-from cli import FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, resolve_device, run_cli
+from cli import (FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, resolve_device,
+                 run_cli)
 from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
 from features import Classifier, Inception, load_ref_data, parse_ref, pytorch_fid_difference, ref_features
 from machine import describe, resolve_precision, set_threads, setup_device
@@ -214,6 +215,9 @@ def _main(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     args.cache_dir = args.cache_dir or os.path.join(args.out or "runs", "fid_cache")  # nothing lands outside --out
+    for folder, flag in [(args.out, "--out"), (args.cache_dir, "--cache-dir")]:  # before any sampling or features
+        if folder:
+            ensure_writable(folder, flag)
     set_threads()
     setup_device(device)
     print(describe(device, precision) + " (sampling; features in fp32: bf16 moves Inception features by ~2%)")

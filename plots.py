@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cli import Parser, UserError, run_cli  # noqa: E402
+from cli import NONNEG_INT, POSITIVE_INT, Parser, UserError, run_cli  # noqa: E402
 
 
 def plot_schedules(args):
@@ -153,13 +153,13 @@ def main():
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="figure", required=True)
     s = sub.add_parser("schedules")
-    s.add_argument("--T", type=int, default=1000)
+    s.add_argument("--T", type=POSITIVE_INT, default=1000)
     s = sub.add_parser("forward")
     s.add_argument("--data", default="mnist")
     s.add_argument("--data-root", default="data")
-    s.add_argument("--size", type=int, default=None)
-    s.add_argument("--cols", type=int, default=8)
-    s.add_argument("--final-size", type=int, default=4)
+    s.add_argument("--size", type=POSITIVE_INT, default=None)
+    s.add_argument("--cols", type=POSITIVE_INT, default=8)
+    s.add_argument("--final-size", type=POSITIVE_INT, default=4)
     s = sub.add_parser("loss")
     s.add_argument("runs", nargs="+")
     s = sub.add_parser("scores")
@@ -170,7 +170,7 @@ def main():
     s.add_argument("--ckpt", required=True)
     for s in sub.choices.values():
         s.add_argument("--out", required=True, help="the figure file (.png, .pdf, .svg)")
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--seed", type=NONNEG_INT, default=0)
     args = p.parse_args()
     run_cli(lambda: _main(args))
 
