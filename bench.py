@@ -12,7 +12,7 @@ AVX512-bf16 and on GPUs); the others are listed as skipped with the reason.
 Training rows: images/s of one optimiser step (eps-prediction MSE, AdamW, batch 32), median over
 timed steps after warm-up; achieved TFLOP/s = torch's FLOP counter for that step x steps/s, next
 to the matmul peaks measured at the start of the same run. Sampling rows: the median time of one
-network evaluation on a batch of 250 images, times NFE x 4 = the time to sample 1,000 images; then
+network evaluation on a batch of 64 images (sample.py's), times NFE x 4 = the time to sample 1,000 images; then
 the default sampler timed end to end on 1,000 images (20 with --quick).
 """
 import argparse
@@ -182,7 +182,7 @@ def main():
                    help="comma-separated precisions to time (default: the ones this machine runs natively)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--models", default=None, help="comma-separated subset of rows by model, e.g. small,lucidrains-unet64")
-    p.add_argument("--sample-batch", type=POSITIVE_INT, default=250, help="batch for the sampling-speed row")
+    p.add_argument("--sample-batch", type=POSITIVE_INT, default=SAMPLE_BATCH, help="batch for the per-NFE sampling row")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row in this process
     args = p.parse_args()
     if args.row:
