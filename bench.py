@@ -12,7 +12,7 @@ AVX512-bf16 and on GPUs); the others are listed as skipped with the reason.
 Training rows: images/s of one optimiser step (eps-prediction MSE, AdamW, batch 32), median over
 timed steps after warm-up; achieved TFLOP/s = torch's FLOP counter for that step x steps/s, next
 to the matmul peaks measured at the start of the same run. Sampling rows: the median time of one
-network evaluation on a batch of 64 images (sample.py's), times NFE x 4 = the time to sample 1,000 images; then
+network evaluation per image on a batch of 64 (sample.py's), times 1,000 x NFE; then
 the default sampler timed end to end on 1,000 images (20 with --quick).
 """
 import argparse
