@@ -137,7 +137,7 @@ def run_row(row):
 
 
 def rows_for(args, precisions):
-    """The rows to time, and the (precision, why) pairs left out."""
+    """The rows to time: our presets (and the anchors) in each precision asked for, then the sampling row."""
     rows = []
     ours = [("tiny", 1, 28), ("small", 3, 32), ("small", 3, 64), ("medium", 3, 32), ("base", 3, 32)]
     modes = [(p, False, False) for p in precisions]

@@ -8,6 +8,8 @@ import tempfile
 
 import torch
 
+from machine import PRECISIONS
+
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
@@ -65,7 +67,7 @@ def add_run_args(p, out_help="output folder"):
     p.add_argument("--out", default=None, help=out_help)
     p.add_argument("--seed", type=NONNEG_INT, default=0)
     p.add_argument("--device", default="cpu" if not torch.cuda.is_available() else "cuda:0", help="cpu or cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
                    help="auto: the machine's fastest (bf16 on CPUs with AMX/AVX512-bf16 and GPUs with bf16, fp16 "
                         "on older GPUs, else fp32)")
     return p

@@ -64,8 +64,6 @@ def resolve_precision(precision, device):
         return native_precisions(device)[0]
     if precision == "fp16" and device.type != "cuda":
         raise UserError("--precision fp16 needs CUDA (fp16 on CPU is slow and unscaled); use bf16 or fp32")
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: choose auto, {', '.join(PRECISIONS)}")
     return precision
 
 

@@ -167,14 +167,14 @@ def train(objective, argv=None):
     p = base_parser(objective.description, objective.default_preset)
     objective.add_args(p)
     args = p.parse_args(argv)
-    run_cli(lambda: _train_under_torchrun(objective, args, typed_flags(p, argv)))
+    run_cli(lambda: _train_under_torchrun(objective, args, typed_flags(p, argv, args)))
 
 
-def typed_flags(parser, argv):
+def typed_flags(parser, argv, args):
     """The dests of the flags typed on the command line, a value equal to the default included: parsed
     again with every default replaced by a marker."""
     marker = object()
-    defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    defaults = {d: parser.get_default(d) for d in vars(args)}
     parser.set_defaults(**{d: marker for d in defaults})
     try:
         again = parser.parse_args(argv)
