@@ -17,7 +17,6 @@ the default sampler timed end to end on 1,000 images (20 with --quick).
 """
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -27,9 +26,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cli import POSITIVE, POSITIVE_INT, Parser, UserError, resolve_device, run_cli
-from machine import PRECISIONS, autocast, describe, native_precisions, set_threads, setup_device
-from sample import SAMPLE_BATCH
+from cli import POSITIVE, POSITIVE_INT, PRECISIONS, Parser, UserError, resolve_device, run_cli
+from machine import autocast, describe, native_precisions, set_threads, setup_device
+from generate import SAMPLE_BATCH
 
 
 def timer(device):
@@ -67,7 +66,7 @@ def build(row):
         net = Unet(dim=64, dim_mults=(1, 2, 4, 8), channels=c)
         return net, lambda x, t: net(x, t)
     from nn_unet import build_unet
-    net = build_unet(kind, c, size, verbose=False)
+    net = build_unet(kind, c, size)
     return net, lambda x, t: net(x, t)
 
 
@@ -126,7 +125,7 @@ def run_row(row):
         per_nfe = statistics.median(times) / b
         out["s_per_1000"] = {str(n): per_nfe * 1000 * n for n in row["nfes"]}
         if row.get("e2e_n"):  # the default sampler end to end, its noise draws and bookkeeping included
-            from sample import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm
+            from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm
             from schedules import Schedule
             t0 = now()
             generate_ddpm(net, Schedule.make("cosine", 1000), "eps", row["e2e_n"], device, precision=row["precision"])

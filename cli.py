@@ -8,7 +8,7 @@ import tempfile
 
 import torch
 
-from machine import PRECISIONS
+PRECISIONS = ("fp32", "bf16", "fp16")  # --precision's choices besides auto; machine.py decides which is fast
 
 
 class UserError(Exception):
@@ -52,10 +52,9 @@ FINITE = number(float)
 
 def run_cli(main):
     """Run main(); user errors print one line and exit 2 instead of a traceback."""
-    from data import DataError
     try:
         main()
-    except (UserError, DataError) as e:
+    except UserError as e:  # data.DataError included
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves first): no traceback

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import NONNEG_INT, POSITIVE_INT, Parser
+from cli import NONNEG_INT, POSITIVE_INT, Parser, UserError
 
 DEFAULT_SIZE = {"maps": 64, "coffee": 64, "mnist": 28, "cifar10": 32, "flowers102": 64, "folder": 32}
 DATASETS = tuple(DEFAULT_SIZE)
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad or missing data; the message says what and how to fix it (scripts print it, exit 2)."""
 
 

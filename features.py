@@ -13,6 +13,7 @@ extractor or size never reuses stale statistics.
 import hashlib
 import importlib.metadata
 import os
+import tempfile
 import time
 import warnings
 
@@ -80,47 +81,51 @@ class Inception:
 
 
 def pytorch_fid_difference(inc, images):
-    """Max abs difference between `inc`'s features of uint8 images and those of pytorch-fid's InceptionV3([3])
-    (pool3) built from its own architecture with the TorchScript weights transplanted in order: the proof
-    that these weights, fed as fid.py feeds them, are pytorch-fid's. Needs the pytorch-fid package."""
+    """Max abs difference between `inc`'s features of uint8 images and pytorch-fid's own InceptionV3([3])
+    (pool3), which loads the weights through torch.hub's cache: the TorchScript weights are written there,
+    renamed to pytorch-fid's layout, under the file name pytorch-fid asks for, so its own code builds the
+    network and preprocesses the images. Equal features prove the weights and preprocessing are pytorch-fid's.
+    Needs the pytorch-fid package."""
     try:
         import pytorch_fid.inception as pf
     except ImportError:
         raise UserError("the check needs pytorch-fid's architecture: pip install pytorch-fid")
-    ts = list(inc.net.state_dict().values())
-    orig = pf.load_state_dict_from_url
-
-    def transplant(*a, **k):  # pytorch-fid would download the same weights; take them from the TorchScript file
-        fresh = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-        for name, blk in (("Mixed_5b", pf.FIDInceptionA(192, 32)), ("Mixed_5c", pf.FIDInceptionA(256, 64)),
-                          ("Mixed_5d", pf.FIDInceptionA(288, 64)), ("Mixed_6b", pf.FIDInceptionC(768, 128)),
-                          ("Mixed_6c", pf.FIDInceptionC(768, 160)), ("Mixed_6d", pf.FIDInceptionC(768, 160)),
-                          ("Mixed_6e", pf.FIDInceptionC(768, 192)), ("Mixed_7b", pf.FIDInceptionE_1(1280)),
-                          ("Mixed_7c", pf.FIDInceptionE_2(2048))):
-            setattr(fresh, name, blk)
-        sd = fresh.state_dict()
-        convs = [k[:-len(".conv.weight")] for k in sd if k.endswith(".conv.weight")]
-        assert len(convs) * 4 == len(ts), (len(convs), len(ts))
-        for i, c in enumerate(convs):  # TorchScript order per conv: weight, beta, mean, var (no gamma)
-            w, beta, mean, var = ts[4 * i:4 * i + 4]
-            assert sd[f"{c}.conv.weight"].shape == w.shape, c
-            sd[f"{c}.conv.weight"], sd[f"{c}.bn.bias"] = w, beta
-            sd[f"{c}.bn.running_mean"], sd[f"{c}.bn.running_var"] = mean, var
-            sd[f"{c}.bn.weight"] = torch.ones_like(beta)
-        return sd
-
-    pf.load_state_dict_from_url = transplant
-    try:
-        net = pf.InceptionV3([3]).eval()  # resize_input and normalize_input: pytorch-fid's defaults
-    finally:
-        pf.load_state_dict_from_url = orig
+    old_hub = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory() as hub:
+        os.makedirs(os.path.join(hub, "checkpoints"))
+        torch.save(_in_pytorch_fid_layout(inc, pf), os.path.join(hub, "checkpoints", os.path.basename(pf.FID_WEIGHTS_URL)))
+        torch.hub.set_dir(hub)
+        try:
+            net = pf.InceptionV3([3]).eval()  # resize_input and normalize_input: pytorch-fid's defaults
+        finally:
+            torch.hub.set_dir(old_hub)
     rgb = images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images  # pytorch-fid reads every image as RGB
-    theirs = []
     with torch.no_grad():
-        for i in range(0, len(rgb), 50):
-            theirs.append(net(rgb[i:i + 50].float() / 255)[0].flatten(1))
+        theirs = torch.cat([net(rgb[i:i + 50].float() / 255)[0].flatten(1) for i in range(0, len(rgb), 50)])
     ours, _ = inc(images, progress=False)
-    return float(np.abs(ours - torch.cat(theirs).numpy()).max())
+    return float(np.abs(ours - theirs.numpy()).max())
+
+
+def _in_pytorch_fid_layout(inc, pf):
+    """The TorchScript weights as a state dict of pytorch-fid's FID Inception (its fid_inception_v3 layout)."""
+    ts = list(inc.net.state_dict().values())
+    fresh = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    for name, blk in (("Mixed_5b", pf.FIDInceptionA(192, 32)), ("Mixed_5c", pf.FIDInceptionA(256, 64)),
+                      ("Mixed_5d", pf.FIDInceptionA(288, 64)), ("Mixed_6b", pf.FIDInceptionC(768, 128)),
+                      ("Mixed_6c", pf.FIDInceptionC(768, 160)), ("Mixed_6d", pf.FIDInceptionC(768, 160)),
+                      ("Mixed_6e", pf.FIDInceptionC(768, 192)), ("Mixed_7b", pf.FIDInceptionE_1(1280)),
+                      ("Mixed_7c", pf.FIDInceptionE_2(2048))):
+        setattr(fresh, name, blk)
+    sd = fresh.state_dict()
+    convs = [k[:-len(".conv.weight")] for k in sd if k.endswith(".conv.weight")]
+    if len(convs) * 4 != len(ts):
+        raise UserError(f"{inc.path} does not have the FID Inception's layers ({len(ts)} tensors for {len(convs)} convs)")
+    for i, c in enumerate(convs):  # TorchScript order per conv: weight, beta, mean, var (no gamma)
+        w, beta, mean, var = ts[4 * i:4 * i + 4]
+        sd[f"{c}.conv.weight"], sd[f"{c}.bn.bias"] = w, beta
+        sd[f"{c}.bn.running_mean"], sd[f"{c}.bn.running_var"] = mean, var
+        sd[f"{c}.bn.weight"] = torch.ones_like(beta)
+    return sd
 
 
 class SmallCNN(nn.Module):

@@ -32,9 +32,9 @@ from cli import (FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, 
                  run_cli)
 from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
 from features import Classifier, Inception, load_ref_data, parse_ref, pytorch_fid_difference, ref_features
-from machine import describe, resolve_precision, set_threads, setup_device
+from machine import describe, provenance, resolve_precision, set_threads, setup_device
 from metrics import class_stats, frechet_distance, kid, mean_cov, precision_recall
-from sample import SAMPLE_BATCH
+from generate import SAMPLE_BATCH
 
 EXTRACTORS = ("inception", "classifier")
 
@@ -138,7 +138,7 @@ def sample_jobs(args, device, precision):
         out = args.out or (args.samples if os.path.isdir(args.samples) else os.path.dirname(args.samples))
         yield os.path.basename(os.path.normpath(args.samples)), x, dict(source=args.samples, size=x.shape[-1]), out
         return
-    from sample import generate_from_checkpoint, parse_labels
+    from generate import generate_from_checkpoint, parse_labels
     try:
         steps = [int(s) for s in args.sweep_steps.split(",")] if args.sweep_steps else [args.steps]
     except ValueError:
@@ -164,6 +164,7 @@ def sample_jobs(args, device, precision):
                 gen_s = time.time() - t0
                 label = f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
                 card = dict(source=path, step=ck.get("step"), epoch=ck.get("epoch"), size=ck["args"]["size"],
+                            data=ck["args"]["data"], kind=ck["kind"], train=ck.get("provenance", {}),
                             labels="every class in turn" if labels is not None else "unconditional",
                             ema=not args.raw, seed=args.seed, gen_seconds=round(gen_s, 1), **info)
                 yield label, to_uint8(x), card, args.out or os.path.dirname(path)
@@ -236,6 +237,7 @@ def _main(args):
     ref = default_ref(args)
     ref_name, ref_split = parse_ref(ref)
     rows, extractors = [], {}
+    where = provenance(device)  # machine, date, commit and this command, on every card
     for label, images, card, out in sample_jobs(args, device, precision):
         size, channels = images.shape[-1], images.shape[1]
         for name in names:
@@ -247,7 +249,7 @@ def _main(args):
             feats_ref, logits_ref, n_ref, _ = ref_features(ext, ref, args.data_root, size, args.n_ref, args.cache_dir)
             t1 = time.time()
             values, stats = score(images, feats_ref, logits_ref, ext, metrics)
-            full = dict(time=datetime.datetime.now().isoformat(timespec="seconds"), **values, extractor=name,
+            full = dict(time=datetime.datetime.now().isoformat(timespec="seconds"), **values, extractor=name, **where,
                         extractor_sha256=ext.sha256, resize=ext.resize, n=len(images), n_ref=n_ref, ref=ref, **card,
                         score_seconds=round(time.time() - t1, 1), ref_seconds=round(t1 - t0, 1))
             if name == "classifier":

