@@ -202,7 +202,7 @@ def score(images, feats_ref, logits_ref, extractor, metrics, progress=True):
 
 
 def confidence_grids(images, top_prob, out, label, k=64):
-    """The k most and k least confident samples (seed 001 sorted these by hand)."""
+    """The k most and k least confident samples."""
     order = torch.argsort(top_prob, descending=True)
     paths = []
     for name, idx in (("most", order[:k]), ("least", order.flip(0)[:k])):

@@ -11,7 +11,7 @@ from samplers import SAMPLERS, SPACINGS, PerImageNoise, make_denoiser, sample_co
 from schedules import Schedule, zoom_degrade
 from zoom import STARTS, start_states
 
-# About a minute for 1,000 32x32 images on 2 CPU cores; ancestral needs ~100 steps to match it (README).
+# The default: a stochastic second-order solver, few steps placed densely at low noise (RESULTS.md: quality vs NFE).
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp2m_sde", 15
 ZOOM_SAMPLERS = ("naive", "improved")
 # Images per network call: 64 keeps a CPU's activations in cache. Results do not depend on it.
@@ -19,8 +19,7 @@ SAMPLE_BATCH = 64
 
 
 def default_spacing(sampler):
-    """karras for the DPM-Solver++ pair (better at 15 steps, README); uniform, as in their papers, for
-    ancestral and DDIM."""
+    """karras for the DPM-Solver++ pair (better at few steps); uniform, as in their papers, for ancestral and DDIM."""
     return "karras" if sampler.startswith("dpmpp") else "uniform"
 
 

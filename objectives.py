@@ -77,15 +77,15 @@ the mean stopped in L_vlb). See losses.py.
         return dict(learn_sigma=args.learn_sigma)
 
     def loss(self, model, x0, y, gen, part):
-        a, sched, b = self.args, self.sched, x0.shape[0]
+        args, sched, b = self.args, self.sched, x0.shape[0]
         t = torch.randint(0, sched.T, (b,), generator=gen, device=gen.device)
         noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
         if y is not None:
-            y = drop_labels(y, b, gen, a.label_drop, self.num_classes)[part]
+            y = drop_labels(y, b, gen, args.label_drop, self.num_classes)[part]
         t, x0, noise = t[part].to(x0.device), x0[part], noise[part]
         xt = sched.q_sample(x0, t, noise)
         out = model(xt, t, y).float()
-        return diffusion_loss(sched, out, x0, xt, noise, t, a.pred, a.min_snr, a.learn_sigma), t.float() / sched.T
+        return diffusion_loss(sched, out, x0, xt, noise, t, args.pred, args.min_snr, args.learn_sigma), t.float() / sched.T
 
     def sample(self, model, n, labels, device, seed=0):
         return generate_ddpm(model, self.sched, self.args.pred, n, device, self.args.grid_sampler,
@@ -105,7 +105,7 @@ class ColdZoom:
     def __init__(self, mode):
         self.mode, self.run_name = mode, f"zoom_{mode}"
         self.description = f"""Train Cold Zoom Diffusion with {mode} interpolation (Bansal et al. 2022, "Cold
-Diffusion", with the zoom-in degradation of seed 001).
+Diffusion", with a zoom-in degradation).
 
     python train_zoom_{mode}.py --data mnist --data-root DIR --minutes 20
     python sample.py --ckpt runs/zoom_{mode}_mnist28/ckpt.pt --start bank --sampler naive

@@ -135,7 +135,7 @@ def plot_scores(args):
 
 
 def plot_pixels(args):
-    """The histogram of final-state pixels stored in a zoom checkpoint (seed 001's pixel distribution)."""
+    """The histogram of final-state pixels stored in a zoom checkpoint."""
     from checkpoint import load_checkpoint
     ck = load_checkpoint(args.ckpt, kind="zoom")
     stats = ck["objective"]["stats"]

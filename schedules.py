@@ -6,7 +6,7 @@ Jabri et al. 2022), and the closed forms built on them. Notation as in Ho et al.
 (eqs. 6–7). Tables are float64 and indexed by integer t in [0, T); t = 0 is the least noisy step.
 
 Zoom: D(x, s) crops the central (N − s)² window and resizes it back to N × N (Cold Diffusion,
-Bansal et al. 2022, with seed 001's zoom-in degradation).
+Bansal et al. 2022, with a zoom-in degradation).
 """
 import math
 

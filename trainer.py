@@ -62,7 +62,7 @@ def base_parser(description):
     g.add_argument("--ckpt", default=None, help="with --resume: the checkpoint to continue (default <out>/ckpt.pt)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                   help="auto: on for CUDA; off on CPU, where GroupNorm in bf16 channels_last is ~7x slower")
+                   help="auto: on for CUDA; off on CPU, where GroupNorm in bf16 channels_last is several times slower")
     return p
 
 

@@ -1,10 +1,10 @@
-"""Cold Zoom Diffusion's start states (after Bansal et al. 2022, "Cold Diffusion", with the zoom-in
-degradation of seed 001).
+"""Cold Zoom Diffusion's start states (after Bansal et al. 2022, "Cold Diffusion", with a zoom-in
+degradation).
 
 D(x, s) (schedules.zoom_degrade) zooms into the centre until an f × f window fills the image at
 s = T = N − f. Sampling (samplers.sample_cold) starts from a final state x_T, which D(x0, T) would
 be for some data x0; four ways to draw one, from the training set's final f × f windows:
-  hist    iid pixels from their per-channel histogram (seed 001's method)
+  hist    iid pixels from their per-channel histogram
   single  one colour, their mean
   bank    a stored window (with labels: of the class asked for)
   gmm     a full-covariance Gaussian mixture fitted to them (EM)
