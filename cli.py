@@ -45,6 +45,14 @@ def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     return parse
 
 
+def number_list(item):
+    """An argparse type: comma-separated values of the type `item`, sorted, e.g. '5,10,20'."""
+    def parse(text):
+        return sorted(item(v) for v in text.split(","))
+    parse.__name__ = f"a comma-separated list of {item.__name__}s"
+    return parse
+
+
 POSITIVE_INT, NONNEG_INT = number(int, 1), number(int, 0)
 POSITIVE, NONNEG, FRACTION = number(float, 0, lo_open=True), number(float, 0), number(float, 0, 1, hi_open=True)
 FINITE = number(float)

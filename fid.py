@@ -33,7 +33,7 @@ from cli import (FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, 
 from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
 from features import Classifier, Inception, load_ref_data, parse_ref, pytorch_fid_difference, ref_features
 from machine import describe, provenance, resolve_precision, set_threads, setup_device
-from metrics import class_stats, frechet_distance, kid, mean_cov, precision_recall
+from metrics import channel_stats, class_stats, colour_gap, frechet_distance, kid, mean_cov, precision_recall
 from generate import SAMPLE_BATCH
 
 EXTRACTORS = ("inception", "classifier")
@@ -165,6 +165,7 @@ def sample_jobs(args, device, precision):
                 label = f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
                 card = dict(source=path, step=ck.get("step"), epoch=ck.get("epoch"), size=ck["args"]["size"],
                             data=ck["args"]["data"], kind=ck["kind"], train=ck.get("provenance", {}),
+                            train_minutes=round(ck["train_seconds"] / 60, 2) if "train_seconds" in ck else None,
                             labels="every class in turn" if labels is not None else "unconditional",
                             ema=not args.raw, seed=args.seed, gen_seconds=round(gen_s, 1), **info)
                 yield label, to_uint8(x), card, args.out or os.path.dirname(path)
@@ -238,8 +239,17 @@ def _main(args):
     ref_name, ref_split = parse_ref(ref)
     rows, extractors = [], {}
     where = provenance(device)  # machine, date, commit and this command, on every card
+    real = {}
     for label, images, card, out in sample_jobs(args, device, precision):
         size, channels = images.shape[-1], images.shape[1]
+        if size not in real:  # the reference's colours, for the colour check on every card
+            ref_images = load_ref_data(ref_name, ref_split, args.data_root, size).images
+            real[size] = ref_images[torch.randperm(len(ref_images), generator=torch.Generator().manual_seed(0))[:args.n_ref]]
+        mean, std = channel_stats(images)
+        card = dict(card, channel_mean=[round(v, 4) for v in mean], channel_std=[round(v, 4) for v in std],
+                    ref_channel_mean=[round(v, 4) for v in channel_stats(real[size])[0]],
+                    ref_channel_std=[round(v, 4) for v in channel_stats(real[size])[1]],
+                    colour_gap=round(colour_gap(images, real[size]), 4))
         for name in names:
             if name not in extractors:
                 extractors[name] = (Inception(args.inception, device) if name == "inception" else
@@ -291,6 +301,8 @@ def one_line(label, c):
     if "entropy_ratio" in c:
         parts.append(f"entropy/logK {c['entropy_ratio']:.3f}, confident {c['confident_share']:.3f}, "
                      f"IS {c['score_is']:.2f}")
+    if "colour_gap" in c:
+        parts.append(f"colour gap {100 * c['colour_gap']:.1f}%")
     return ", ".join(parts) + f" (N {c['n']} vs {c['n_ref']} {c['ref']})"
 
 

@@ -84,3 +84,16 @@ def class_stats(logits, confident=0.9):
     return dict(histogram=[round(float(h), 4) for h in hist], entropy_ratio=entropy,
                 confident_share=float((top >= confident).double().mean()), score_is=float(kl.mean().exp()),
                 top_prob=top.float())
+
+
+def channel_stats(u8):
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the [0, 1] scale."""
+    x = torch.as_tensor(u8).double() / 255
+    return x.mean(dim=(0, 2, 3)).tolist(), x.transpose(0, 1).flatten(1).std(dim=1).tolist()
+
+
+def colour_gap(fake_u8, real_u8):
+    """How far the samples' colours are from the data's: the largest relative difference of a channel's
+    mean or std, max_c max(|m_f − m_r| / m_r, |s_f − s_r| / s_r). 0.05 = every channel within 5 %."""
+    (mf, sf), (mr, sr) = channel_stats(fake_u8), channel_stats(real_u8)
+    return float(max(max(abs(a - b) / b, abs(c - d) / d) for a, b, c, d in zip(mf, mr, sf, sr)))

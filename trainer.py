@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from cli import FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, resolve_device, run_cli
+from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, number_list,
+                 resolve_device, run_cli)
 from data import add_data_args, augment_batch, data_from_args, to_model
 from machine import autocast, ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
@@ -55,6 +56,9 @@ def base_parser(description):
     g.add_argument("--ckpt-every", type=NONNEG, default=5.0, help="a checkpoint every N minutes (default 5)")
     g.add_argument("--keep-ckpts", action="store_true",
                    help="also keep ckpt_epochNNN.pt at each sample grid (for fid.py's FID-vs-epoch table)")
+    g.add_argument("--keep-at-minutes", type=number_list(POSITIVE), default=[],
+                   help="also keep ckpt_<M>min.pt when training time reaches each of these minutes, e.g. 5,10,20 "
+                        "(for quality vs minutes: fid.py --ckpt RUN/ckpt_*min.pt, plots.py scores --x minutes)")
     g.add_argument("--log-every", type=POSITIVE_INT, default=20, help="log every N steps (default 20)")
     g.add_argument("--n", "--num-samples", dest="n", type=POSITIVE_INT, default=32,
                    help="images in each sample grid (under torchrun write --num-samples: torchrun claims --n)")
@@ -100,6 +104,7 @@ class TrainState:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.gen = torch.Generator(device=device).manual_seed(args.seed)
         self.step = self.epoch = self.batch_in_epoch = 0
+        self.seconds = 0.0  # training time so far, over every session of the run
 
     def train_step(self, net, objective, x0, y, part):
         """One optimiser step on the global batch x0 (this rank's `part` of it); the per-sample losses."""
@@ -125,7 +130,7 @@ class TrainState:
         cuda = self.device.type == "cuda"
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
                 "lr_sched": self.lr_sched.state_dict(), "scaler": self.scaler.state_dict(),
-                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "train_seconds": self.seconds,
                 "rng": {"gen": self.gen.get_state(), "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state(self.device) if cuda else None}}
 
@@ -140,6 +145,7 @@ class TrainState:
         if self.device.type == "cuda" and sd["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(sd["rng"]["cuda"], self.device)
         self.step, self.epoch, self.batch_in_epoch = sd["step"], sd["epoch"], sd["batch_in_epoch"]
+        self.seconds = sd.get("train_seconds", 0.0)
 
 
 def train(objective, argv=None):
@@ -166,6 +172,7 @@ def _train(objective, args, typed):
     stopper, meter = Stopper(total_steps, args.minutes, interrupt, world, device), LossMeter(device)
     bar = tqdm(total=total_steps, initial=state.step, disable=run.folder is None, dynamic_ncols=True, unit="step")
     stop, last_ckpt = None, time.time()
+    keep_at = [m for m in args.keep_at_minutes if 60 * m > state.seconds]
     state.model.train()
     try:
         while stop is None:
@@ -184,6 +191,8 @@ def _train(objective, args, typed):
                                     f"(lower --lr, or another --optimizer); {run.last_good()}")
                 if log_step:
                     run.log_row(meter, bar)
+                if keep_at and run.elapsed() >= 60 * keep_at[0]:
+                    run.save(keep=f"ckpt_{keep_at.pop(0):g}min.pt")
                 if stop is None and run.folder and time.time() - last_ckpt > 60 * args.ckpt_every:
                     run.save()
                     last_ckpt = time.time()
@@ -286,7 +295,11 @@ class Run:
         self.folder = RunFolder(args.out, args, data, {**vars(args), "kind": objective.kind, **self.provenance,
                                                        "model_config": model.config}) if rank == 0 else None
         self.t0 = self.last_log = time.time()
-        self.first_step = self.last_log_step = self.state.step
+        self.first_step, self.last_log_step, self.seconds_before = self.state.step, self.state.step, self.state.seconds
+
+    def elapsed(self):
+        """Training seconds of the whole run, earlier sessions included."""
+        return self.seconds_before + time.time() - self.t0
 
     def last_good(self):
         return self.folder.last_good() if self.folder else "see rank 0's message"
@@ -307,6 +320,7 @@ class Run:
 
     def save(self, keep=None):
         """ckpt.pt (rank 0), and a second name for it if `keep`."""
+        self.state.seconds = self.elapsed()
         if not self.folder:
             return
         a, data = self.args, self.data

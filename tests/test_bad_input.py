@@ -51,6 +51,8 @@ BAD_NUMBERS = [  # (script, flags, what the one line must say)
     ("train_ddpm.py", ["--n", "0"], "argument --n"),
     ("train_ddpm.py", ["--seed", "-1"], "argument --seed"),
     ("train_ddpm.py", ["--min-snr", "-5"], "argument --min-snr"),
+    ("train_ddpm.py", ["--keep-at-minutes", "5,x"], "argument --keep-at-minutes"),
+    ("train_ddpm.py", ["--keep-at-minutes", "0"], "argument --keep-at-minutes"),
     ("train_zoom_nearest.py", ["--final-size", "0"], "argument --final-size"),
     ("sample.py", ["--ckpt", "x.pt", "--batch", "0"], "argument --batch"),
     ("sample.py", ["--ckpt", "x.pt", "--steps", "0"], "argument --steps"),

@@ -51,6 +51,18 @@ def test_kid_and_precision_recall():
     assert p == 1.0 and r < 0.2
 
 
+def test_colour_gap_is_the_largest_relative_channel_difference():
+    from metrics import channel_stats, colour_gap
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(50, 200, (64, 3, 8, 8), generator=g, dtype=torch.uint8)
+    assert colour_gap(real, real) == 0
+    mean, std = channel_stats(real)
+    brighter = real.clone()
+    brighter[:, 1] += 10  # channel 1's mean moves by 10/255, its std not at all
+    assert colour_gap(brighter, real) == pytest.approx((10 / 255) / mean[1], rel=1e-6)
+    assert np.allclose(channel_stats(real.float().numpy().astype(np.uint8))[1], std)
+
+
 def test_class_stats_entropy_and_confidence():
     logits = np.full((20, 4), -10.0)
     logits[np.arange(20), np.arange(20) % 4] = 10.0  # uniform over 4 classes, all confident
@@ -153,7 +165,7 @@ def test_fid_cli_checkpoint_sweep_and_samples(ddpm_run, tmp_path):
     assert [c["nfe"] for c in cards] == [1, 2] and f"| {d}1 |" in log and f"| {d}2 |" in log
     for c in cards:
         assert c["ref"] == "maps:test" and c["n"] == 6 and c["n_ref"] == 6 and c["ema"] and c["sampler"] == d
-        assert c["spacing"] == "karras"
+        assert c["spacing"] == "karras" and 0 <= c["colour_gap"] and len(c["ref_channel_mean"]) == 3
         assert c["fd"] > 0 and 0 <= c["precision"] <= 1 and len(c["extractor_sha256"]) == 64 and "299" in c["resize"]
     run_here("sample.py", "--ckpt", str(run_dir / "ckpt.pt"), "--n", "6", "--steps", "2", "--out", str(tmp_path / "s"),
              "--device", "cpu")

@@ -65,6 +65,19 @@ def test_class_conditional_cli_with_cfg(cond_run, tmp_path):
     one_line_error(*run_here("sample.py", "--ckpt", ckpt, "--labels", "7", "--n", "2", "--device", "cpu", ok=False))
 
 
+def test_checkpoints_kept_at_training_minutes_carry_their_time(tmp_path):
+    """--keep-at-minutes keeps a checkpoint when the run's training time reaches each mark; every checkpoint
+    says how long the run has trained, over resumes too."""
+    out = tmp_path / "run"
+    run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "3", "--sample-every", "0", "--keep-at-minutes",
+             "1000,0.00001", "--out", str(out))
+    assert (out / "ckpt_1e-05min.pt").exists() and not list(out.glob("ckpt_1000min.pt"))
+    first = torch.load(out / "ckpt.pt", weights_only=True)["train_seconds"]
+    run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "5", "--resume", "--out", str(out))
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    assert 0 < first < ck["train_seconds"] and ck["provenance"]["command"].startswith("python train_ddpm.py")
+
+
 def _states(path):
     ck = torch.load(path, weights_only=True)
     return ck["model"], ck["ema"], ck["optimizer"]["state"]
