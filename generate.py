@@ -86,7 +86,7 @@ def generate_zoom(model, stats, T, mode, n, device, start="bank", sampler="naive
 
 def schedule_of(ck):
     a = ck["args"]
-    return Schedule.make(a["schedule"], a["T"])
+    return Schedule.make(a["schedule"], a["T"], a.get("schedule_shift", 1.0))
 
 
 def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start=None, noise=0.0, labels=None,

@@ -4,7 +4,7 @@ from typing import Protocol
 
 import torch
 
-from cli import NONNEG, POSITIVE_INT, UserError
+from cli import NONNEG, POSITIVE, POSITIVE_INT, UserError
 from data import to_model
 from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm, generate_zoom
 from losses import diffusion_loss, restoration_loss
@@ -47,7 +47,7 @@ def drop_labels(y, b, gen, p, null):
 
 class DDPM:
     kind = run_name = "ddpm"
-    frozen_args = ("schedule", "T", "pred", "min_snr", "learn_sigma")
+    frozen_args = ("schedule", "T", "pred", "min_snr", "learn_sigma", "schedule_shift")
     description = """Train a DDPM (Ho et al. 2020) with the options of improved DDPM and later work.
 
     python train_ddpm.py                                   # main job: maps 64x64, CPU preset, 15 min
@@ -63,6 +63,9 @@ the mean stopped in L_vlb). See losses.py.
         g = p.add_argument_group("diffusion")
         g.add_argument("--schedule", default="cosine", choices=["linear", "cosine", "sigmoid"])
         g.add_argument("--T", type=POSITIVE_INT, default=1000, help="diffusion steps")
+        g.add_argument("--schedule-shift", type=POSITIVE, default=1.0,
+                       help="divide every SNR by this squared (simple diffusion's shift; size/32 keeps a 32 px "
+                            "schedule's noise per structure at larger sizes)")
         g.add_argument("--pred", default="eps", choices=PREDICTIONS, help="what the network predicts")
         g.add_argument("--min-snr", type=NONNEG, default=0.0, help="min-SNR-γ loss weighting (0: off; 5 is usual)")
         g.add_argument("--learn-sigma", action="store_true", help="learned variance + hybrid loss (improved DDPM)")
@@ -72,7 +75,7 @@ the mean stopped in L_vlb). See losses.py.
 
     def setup(self, args, data):
         self.args = args
-        self.sched = Schedule.make(args.schedule, args.T)
+        self.sched = Schedule.make(args.schedule, args.T, args.schedule_shift)
         self.num_classes = data.num_classes if args.cond else 0
         return dict(learn_sigma=args.learn_sigma)
 

@@ -33,6 +33,20 @@ def make_betas(kind, T, beta_start=1e-4, beta_end=0.02):
     return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)  # β_t = 1 − ᾱ_t / ᾱ_{t−1}
 
 
+def shift_betas(betas, shift):
+    """The schedule with every SNR divided by shift² (Hoogeboom et al. 2023, "simple diffusion", sec. 3.1:
+    logSNR + 2 log(1/shift)). A schedule tuned at 32 px keeps the same noise per 32 px worth of image at
+    32·shift px: larger images average more pixels per structure, so the same SNR leaves their coarse
+    layout and colours visible to far higher noise levels, and the model never learns to make them."""
+    if shift == 1:
+        return betas
+    abar = torch.cumprod(1 - betas, 0)
+    snr = abar / (1 - abar) / shift ** 2
+    abar = snr / (1 + snr)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    return (1 - abar / prev).clamp(max=0.999)
+
+
 class Schedule:
     """Everything derived from β_1..β_T. Methods take integer timesteps t (B,) on any device."""
 
@@ -49,8 +63,8 @@ class Schedule:
         self.post_coef_xt = (1 - self.abar_prev) * self.alphas.sqrt() / (1 - self.abar)
 
     @classmethod
-    def make(cls, kind="linear", T=1000):
-        return cls(make_betas(kind, T))
+    def make(cls, kind="linear", T=1000, shift=1.0):
+        return cls(shift_betas(make_betas(kind, T), shift))
 
     @classmethod
     def respaced(cls, base, timesteps):

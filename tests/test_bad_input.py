@@ -53,6 +53,7 @@ BAD_NUMBERS = [  # (script, flags, what the one line must say)
     ("train_ddpm.py", ["--min-snr", "-5"], "argument --min-snr"),
     ("train_ddpm.py", ["--keep-at-minutes", "5,x"], "argument --keep-at-minutes"),
     ("train_ddpm.py", ["--keep-at-minutes", "0"], "argument --keep-at-minutes"),
+    ("train_ddpm.py", ["--schedule-shift", "0"], "argument --schedule-shift"),
     ("train_zoom_nearest.py", ["--final-size", "0"], "argument --final-size"),
     ("sample.py", ["--ckpt", "x.pt", "--batch", "0"], "argument --batch"),
     ("sample.py", ["--ckpt", "x.pt", "--steps", "0"], "argument --steps"),
