@@ -158,7 +158,10 @@ def _cell(c):
     what = c.get("source", "?")
     if c.get("kind"):
         minutes = f", {c['train_minutes']:.0f} min" if c.get("train_minutes") else ""
-        what = f"{c['kind']} on {c.get('data', '?')}, step {c.get('step')}{minutes} ({os.path.basename(os.path.dirname(what))})"
+        run = os.path.basename(os.path.dirname(what))
+        grid = os.path.join("results", "grids", f"{run}.jpg")  # a picture of the run, when one was kept
+        what = (f"{c['kind']} on {c.get('data', '?')}, step {c.get('step')}{minutes} ({run})"
+                + (f" [samples]({grid})" if os.path.isfile(grid) else ""))
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"
            + ("" if c.get("ema", True) else " · raw") if c.get("nfe") else "–")
     kid = f"{1e3 * c['kid']:.2f}" + (f" ± {1e3 * c['kid_std']:.2f}" if c.get("kid_std") is not None else "") if "kid" in c else "–"
@@ -189,7 +192,8 @@ def results_page(files):
            "edit the cards' runs, not this page. FD is the Fréchet distance in the features named (Inception: FID). "
            "Compare rows only at equal N against the same reference: FD shrinks as N grows; KID does not carry that bias. "
            "`real ...` rows are the floor (real images against the reference). Colour gap: the largest relative "
-           "difference of a channel's mean or std between the images and the reference.", ""]
+           "difference of a channel's mean or std between the images and the reference. Look at the samples too: "
+           "a lower FD is not always the better picture.", ""]
     for ref, cards in sorted(groups.items()):
         out += [f"## against {ref}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in sorted(cards, key=lambda c: (c.get("extractor", ""), c.get("n", 0), c.get("fd", 0))):
