@@ -245,10 +245,9 @@ def _main(args):
         if size not in real:  # the reference's colours, for the colour check on every card
             ref_images = load_ref_data(ref_name, ref_split, args.data_root, size).images
             real[size] = ref_images[torch.randperm(len(ref_images), generator=torch.Generator().manual_seed(0))[:args.n_ref]]
-        mean, std = channel_stats(images)
+        (mean, std), (ref_mean, ref_std) = channel_stats(images), channel_stats(real[size])
         card = dict(card, channel_mean=[round(v, 4) for v in mean], channel_std=[round(v, 4) for v in std],
-                    ref_channel_mean=[round(v, 4) for v in channel_stats(real[size])[0]],
-                    ref_channel_std=[round(v, 4) for v in channel_stats(real[size])[1]],
+                    ref_channel_mean=[round(v, 4) for v in ref_mean], ref_channel_std=[round(v, 4) for v in ref_std],
                     colour_gap=round(colour_gap(images, real[size]), 4))
         for name in names:
             if name not in extractors:

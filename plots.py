@@ -181,8 +181,11 @@ def results_page(files):
     for path in files:
         if not os.path.isfile(path):
             raise UserError(f"'{path}' does not exist; fid.py writes scores.jsonl (into the run folder or --out)")
-        for line in open(path):
-            c = json.loads(line)
+        for k, line in enumerate(open(path), 1):
+            try:
+                c = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{k} is not a score card (one JSON object per line, as fid.py writes)")
             groups.setdefault(c.get("ref", "?"), []).append(c)
     if not groups:
         raise UserError(f"no score cards in {', '.join(files)}")

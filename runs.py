@@ -17,6 +17,7 @@ from torchvision.utils import make_grid, save_image
 from checkpoint import load_checkpoint, save_atomic
 from cli import UserError
 from data import DataError, data_from_args, to_model
+from machine import autocast
 
 # Flags that define the model and the data: on --resume they come from the checkpoint.
 # The data's path is not among them: a moved dataset resumes, checked by its content (data_fingerprint).
@@ -150,7 +151,6 @@ class RunFolder:
         untouched): over-fitting shows here."""
         if self.heldout is None:
             return
-        from machine import autocast
         g = torch.Generator(device=device).manual_seed(12345)
         total = 0.0
         with autocast(device, precision):

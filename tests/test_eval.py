@@ -182,6 +182,8 @@ def test_fid_cli_checkpoint_sweep_and_samples(ddpm_run, tmp_path):
     trained = [r for r in rows if r.startswith("| ddpm on maps")]
     assert len(trained) == 2 and all("`python train_ddpm.py " in r for r in trained), trained  # and how it was trained
     one_line_error(*run_here("plots.py", "results", str(tmp_path / "none.jsonl"), ok=False))
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    one_line_error(*run_here("plots.py", "results", str(tmp_path / "bad.jsonl"), ok=False))
     one_line_error(*run_here("fid.py", "--samples", str(tmp_path / "nowhere"), "--ref", "maps:test", ok=False))
     one_line_error(*run_here("fid.py", "--ckpt", str(run_dir / "ckpt.pt"), "--floor", "noise", ok=False))
     one_line_error(*run_here("fid.py", "--floor", "noise", "--ref", "mnist:test", "--data-root", str(tmp_path), ok=False))
