@@ -287,14 +287,14 @@ def check_inception(args, device):
 
 
 def kid_std_text(c):
-    """x1e3; n/a when one KID subset held both whole sets (N <= 1000): no spread to measure."""
+    """x1e3 (n/a on cards written before every card had a spread)."""
     return "n/a" if c.get("kid_std") is None else f"{c['kid_std'] * 1e3:.2f}"
 
 
 def one_line(label, c):
     parts = [f"{label}: {c['extractor']} FD {c['fd']:.2f}" if "fd" in c else f"{label}: {c['extractor']}"]
     if "kid" in c:
-        parts.append(f"KID {c['kid'] * 1e3:.2f}e-3 +- {kid_std_text(c)}e-3")
+        parts.append(f"KID {c['kid'] * 1e3:.2f} +- {kid_std_text(c)} x1e-3")
     if "precision" in c:
         parts.append(f"P {c['precision']:.3f} R {c['recall']:.3f}")
     if "entropy_ratio" in c:

@@ -25,23 +25,29 @@ def frechet_distance(mu1, s1, mu2, s2):
 
 def kid(f1, f2, subset=1000, n_subsets=100, seed=0):
     """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
-    k(x, y) = (x.y / d + 1)^3, averaged over random subsets. Returns (mean, std over subsets); the std is
-    None when one subset already holds both whole sets (every "subset" would be the same set, std 0)."""
+    k(x, y) = (x.y / d + 1)^3. Returns (mean, spread). With more than `subset` images in a set: the mean
+    and std over random subsets of that size (the usual form). With fewer: the MMD^2 of the whole sets,
+    and as spread its standard error, estimated from random half-size subsets (std / sqrt 2: the
+    estimator's variance falls as 1/m)."""
     f1, f2 = (torch.as_tensor(np.asarray(f), dtype=torch.float64) for f in (f1, f2))
-    d, m = f1.shape[1], min(subset, len(f1), len(f2))
-    if m < 2:
-        raise ValueError("KID needs at least 2 samples in each set")
-    gen = torch.Generator().manual_seed(seed)
-    whole = m == len(f1) == len(f2)
-    n_subsets = 1 if whole else n_subsets
-    vals = []
-    for _ in range(n_subsets):
-        x = f1[torch.randperm(len(f1), generator=gen)[:m]]
-        y = f2[torch.randperm(len(f2), generator=gen)[:m]]
+    d = f1.shape[1]
+    if min(len(f1), len(f2)) < 4:
+        raise ValueError("KID needs at least 4 samples in each set")
+
+    def mmd2(x, y):
+        m, n = len(x), len(y)
         kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-        off = m * (m - 1)
-        vals.append(((kxx.sum() - kxx.trace()) / off + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean()).item())
-    return float(np.mean(vals)), None if whole else float(np.std(vals))
+        return ((kxx.sum() - kxx.trace()) / (m * (m - 1)) + (kyy.sum() - kyy.trace()) / (n * (n - 1))
+                - 2 * kxy.mean()).item()
+
+    gen = torch.Generator().manual_seed(seed)
+    whole = min(len(f1), len(f2)) <= subset
+    m = min(len(f1), len(f2)) // 2 if whole else subset
+    vals = [mmd2(f1[torch.randperm(len(f1), generator=gen)[:m]], f2[torch.randperm(len(f2), generator=gen)[:m]])
+            for _ in range(n_subsets)]
+    if whole:
+        return mmd2(f1, f2), float(np.std(vals)) / 2 ** 0.5
+    return float(np.mean(vals)), float(np.std(vals))
 
 
 def _kth_radius(f, k, chunk=2048):
