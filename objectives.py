@@ -47,7 +47,7 @@ def drop_labels(y, b, gen, p, null):
 
 class DDPM:
     kind = run_name = "ddpm"
-    frozen_args = ("schedule", "T", "pred", "min_snr", "learn_sigma", "schedule_shift")
+    frozen_args = ("schedule", "T", "pred", "min_snr", "min_snr_plus_one", "learn_sigma", "schedule_shift")
     description = """Train a DDPM (Ho et al. 2020) with the options of improved DDPM and later work.
 
     python train_ddpm.py                                   # main job: maps 64x64, CPU preset, 15 min
@@ -68,6 +68,9 @@ the mean stopped in L_vlb). See losses.py.
                             "schedule's noise per structure at larger sizes)")
         g.add_argument("--pred", default="eps", choices=PREDICTIONS, help="what the network predicts")
         g.add_argument("--min-snr", type=NONNEG, default=0.0, help="min-SNR-γ loss weighting (0: off; 5 is usual)")
+        g.add_argument("--min-snr-plus-one", action="store_true",
+                       help="with --min-snr: cap 1 + SNR (v's own weight) instead of SNR, so the noisiest levels keep "
+                            "their weight")
         g.add_argument("--learn-sigma", action="store_true", help="learned variance + hybrid loss (improved DDPM)")
         g.add_argument("--grid-sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS),
                        help="sampler for the progress grids (stochastic samplers look cleaner on short runs)")
@@ -88,7 +91,9 @@ the mean stopped in L_vlb). See losses.py.
         t, x0, noise = t[part].to(x0.device), x0[part], noise[part]
         xt = sched.q_sample(x0, t, noise)
         out = model(xt, t, y).float()
-        return diffusion_loss(sched, out, x0, xt, noise, t, args.pred, args.min_snr, args.learn_sigma), t.float() / sched.T
+        loss = diffusion_loss(sched, out, x0, xt, noise, t, args.pred, args.min_snr, args.learn_sigma,
+                              args.min_snr_plus_one)
+        return loss, t.float() / sched.T
 
     def sample(self, model, n, labels, device, seed=0):
         return generate_ddpm(model, self.sched, self.args.pred, n, device, self.args.grid_sampler,

@@ -22,7 +22,7 @@ from machine import autocast
 # Flags that define the model and the data: on --resume they come from the checkpoint.
 # The data's path is not among them: a moved dataset resumes, checked by its content (data_fingerprint).
 FROZEN_ON_RESUME = ("data", "size", "folds", "preset", "ch", "cond", "batch", "lr", "optimizer", "weight_decay",
-                    "warmup", "grad_clip", "ema_halflife_kimg", "ema_rampup", "seed", "label_drop", "n_maps")
+                    "warmup", "cooldown", "grad_clip", "ema_halflife_kimg", "ema_rampup", "seed", "label_drop", "n_maps")
 
 
 def typed_flags(parser, argv, args):
@@ -212,31 +212,38 @@ class Interrupt:
 
 
 class Stopper:
-    """Decides after each step whether to stop: the step budget, the wall clock, Ctrl-C, a non-finite loss.
-    Under DDP the ranks agree in one all_reduce at log steps (and the last step) only, on rank 0's clock and
-    Ctrl-C and on any rank's non-finite loss: a collective per step would stall GPUs."""
+    """Decides after each step whether to stop: the step budget, the wall clock, Ctrl-C, a non-finite loss;
+    and tracks `progress`, the share of the budget done (steps or this session's minutes, whichever is
+    further). Under DDP the ranks agree in one all_reduce at log steps (and the last step) only, on rank 0's
+    clock, progress and Ctrl-C and on any rank's non-finite loss: a collective per step would stall GPUs."""
 
     def __init__(self, total_steps, minutes, interrupt, world, device):
         self.total_steps, self.interrupt, self.world, self.device = total_steps, interrupt, world, device
-        self.deadline = time.time() + 60 * minutes if minutes else None
+        self.start, self.seconds = time.time(), 60 * minutes if minutes else None
+        self.progress = 0.0
 
     def check(self, step, nonfinite, log_step):
         """(reason to stop or None, whether the loss went non-finite)."""
+        now = time.time() - self.start
+        progress = max(step / self.total_steps if self.total_steps else 0.0, now / self.seconds if self.seconds else 0.0)
         stop = [self.total_steps is not None and step >= self.total_steps,  # the same on every rank
-                self.deadline is not None and time.time() >= self.deadline,
+                self.seconds is not None and now >= self.seconds,
                 bool(self.interrupt and self.interrupt.requested)]
         if self.world > 1:
-            stop[1:], bad = self._agree(stop[1:], nonfinite) if log_step or stop[0] else ([False, False], False)
+            if log_step or stop[0]:
+                stop[1:], bad, self.progress = self._agree(stop[1:], nonfinite, progress)
+            else:
+                stop[1:], bad = [False, False], False
         else:
-            bad = (log_step or any(stop)) and bool(nonfinite)
+            bad, self.progress = (log_step or any(stop)) and bool(nonfinite), min(1.0, progress)
         return (["steps", "time", "interrupt"][stop.index(True)] if any(stop) else None), bad
 
-    def _agree(self, rank0_flags, nonfinite):
-        mine = [float(f) for f in rank0_flags] if dist.get_rank() == 0 else [0.0] * len(rank0_flags)
+    def _agree(self, rank0_flags, nonfinite, progress):
+        mine = [float(f) for f in rank0_flags + [progress]] if dist.get_rank() == 0 else [0.0] * (len(rank0_flags) + 1)
         flags = torch.cat([torch.tensor(mine, device=self.device), nonfinite.float()[None]])
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        *out, bad = [v > 0 for v in flags.tolist()]
-        return out, bad
+        *out, progress, bad = flags.tolist()
+        return [v > 0 for v in out], bad > 0, min(1.0, progress)
 
 
 def run_under_torchrun(train_fn, args):

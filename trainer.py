@@ -42,6 +42,9 @@ def base_parser(description):
     g.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "nadam", "sgd"])
     g.add_argument("--weight-decay", type=NONNEG, default=0.0)
     g.add_argument("--warmup", type=NONNEG_INT, default=100, help="linear lr warm-up steps (default 100)")
+    g.add_argument("--cooldown", type=FRACTION, default=0.0,
+                   help="decay the lr linearly to 0 over this last share of the budget (of --steps/--epochs, or of "
+                        "this session's --minutes): warm-up, stable, decay (0: constant lr; default 0)")
     g.add_argument("--grad-clip", type=NONNEG, default=1.0, help="max grad norm (0: off; default 1)")
     g.add_argument("--ema-halflife-kimg", type=POSITIVE, default=50.0,
                    help="EMA half-life in thousands of training images (default 50)")
@@ -86,6 +89,13 @@ def ema_decay(images_seen, batch, halflife_kimg, rampup):
     return 0.5 ** (batch / halflife.clamp(min=1e-8, max=1000 * halflife_kimg))
 
 
+def lr_factor(step, warmup, progress, cooldown):
+    """The lr's multiplier: linear warm-up over `warmup` steps, constant, then with cooldown > 0 a linear
+    decay to 0 over the last `cooldown` share of the budget (progress in [0, 1] is the share done)."""
+    f = min(1.0, (step + 1) / max(1, warmup))
+    return f * min(1.0, max(0.0, 1 - progress) / cooldown) if cooldown > 0 else f
+
+
 class TrainState:
     """Everything training changes, with state_dict()/load_state_dict() for bit-for-bit resume: the
     model and its EMA, the optimiser, the lr schedule (linear warm-up), the fp16 grad scaler, the random
@@ -100,7 +110,9 @@ class TrainState:
             torch._foreach_add_(ema_params, torch._foreach_mul(params, (1 - d).to(ema_params[0].dtype)))
         self.ema = AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
         self.opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
+        self.progress = 0.0  # the share of the budget done, set by the loop (a step late) for the lr's cool-down
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, args.warmup, self.progress, args.cooldown))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.gen = torch.Generator(device=device).manual_seed(args.seed)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -185,6 +197,7 @@ def _train(objective, args, typed):
                 bar.update(1)
                 log_step = state.step % args.log_every == 0
                 stop, diverged = stopper.check(state.step, meter.nonfinite, log_step)
+                state.progress = stopper.progress
                 if diverged:
                     bar.close()  # so the message starts its own line
                     raise UserError(f"the loss stopped being finite at or before step {state.step}: training diverged "

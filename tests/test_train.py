@@ -17,7 +17,7 @@ def test_loss_falls_on_a_fixed_batch(opts):
     import argparse
     from objectives import DDPM
     from data import make_maps, to_model
-    args = argparse.Namespace(schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, learn_sigma=False, label_drop=0.1,
+    args = argparse.Namespace(schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False, learn_sigma=False, label_drop=0.1,
                               cond=False, grid_sampler="ddim", grid_steps=5)
     vars(args).update(opts)
     data = make_maps(16, 16, seed=1)
@@ -214,7 +214,7 @@ def test_ema_in_the_train_state_follows_its_decay():
     import argparse
     from trainer import TrainState, ema_decay
     args = argparse.Namespace(batch=4, ema_halflife_kimg=0.01, ema_rampup=0.5, optimizer="sgd", lr=0.1,
-                              weight_decay=0.0, warmup=1, seed=0, grad_clip=0.0)
+                              weight_decay=0.0, warmup=1, cooldown=0.0, seed=0, grad_clip=0.0)
     net = torch.nn.Linear(1, 1, bias=False)
     state = TrainState(net, args, torch.device("cpu"), "fp32")
     want = None
@@ -257,3 +257,16 @@ def test_zoom_bilinear_trains_and_samples(tmp_path):
     run_here("train_zoom_bilinear.py", *TINY, "--data", "maps", "--size", "16", "--steps", "2", "--out", str(out))
     run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--out", str(tmp_path / "s"), "--device", "cpu")
     assert np.load(tmp_path / "s" / "samples.npz")["images"].shape == (2, 16, 16, 3)
+
+
+def test_lr_warms_up_holds_then_cools_down_to_zero_at_the_end_of_the_budget(tmp_path):
+    from trainer import lr_factor
+    assert lr_factor(0, 10, 0.0, 0.0) == pytest.approx(0.1) and lr_factor(50, 10, 0.9, 0.0) == 1.0
+    assert lr_factor(50, 10, 0.5, 0.2) == 1.0  # before the last 20 %: constant
+    assert lr_factor(50, 10, 0.9, 0.2) == pytest.approx(0.5) and lr_factor(50, 10, 1.0, 0.2) == 0.0
+    out = tmp_path / "run"
+    run("train_ddpm.py", *TINY, "--steps", "40", "--warmup", "1", "--lr", "1e-3", "--cooldown", "0.5",
+        "--log-every", "10", "--out", str(out))
+    rows = (out / "log.csv").read_text().splitlines()[1:]
+    lrs = [float(r.split(",")[3]) for r in rows]  # the lr for step k + 1, set from the progress after step k - 1
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3 * 11 / 20, 1e-3 * 1 / 20], rel=1e-2), lrs
