@@ -66,8 +66,10 @@ the mean stopped in L_vlb). See losses.py.
         g.add_argument("--schedule-shift", type=POSITIVE, default=1.0,
                        help="divide every SNR by this squared (simple diffusion's shift; size/32 keeps a 32 px "
                             "schedule's noise per structure at larger sizes)")
-        g.add_argument("--pred", default="eps", choices=PREDICTIONS, help="what the network predicts")
-        g.add_argument("--min-snr", type=NONNEG, default=0.0, help="min-SNR-γ loss weighting (0: off; 5 is usual)")
+        g.add_argument("--pred", default="v", choices=PREDICTIONS,
+                       help="what the network predicts (default v: an ε-network's x0 = (x_t − σ ε)/α blows up "
+                            "at low SNR, and clipping it makes saturated colour clouds)")
+        g.add_argument("--min-snr", type=NONNEG, default=5.0, help="min-SNR-γ loss weighting (0: off; default 5)")
         g.add_argument("--min-snr-plus-one", action="store_true",
                        help="with --min-snr: cap 1 + SNR (v's own weight) instead of SNR, so the noisiest levels keep "
                             "their weight")

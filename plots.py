@@ -159,7 +159,9 @@ def _cell(c):
     if c.get("kind"):
         minutes = f", {c['train_minutes']:.0f} min" if c.get("train_minutes") else ""
         run = os.path.basename(os.path.dirname(what))
-        grid = os.path.join("results", "grids", f"{run}.jpg")  # a picture of the run, when one was kept
+        stem = os.path.splitext(os.path.basename(what))[0]
+        # a picture of the run (of this checkpoint, if it is not the run's last), when one was kept
+        grid = os.path.join("results", "grids", f"{run}.jpg" if stem == "ckpt" else f"{run}_{stem}.jpg")
         what = (f"{c['kind']} on {c.get('data', '?')}, step {c.get('step')}{minutes} ({run})"
                 + (f" [samples]({grid})" if os.path.isfile(grid) else ""))
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"

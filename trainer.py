@@ -24,6 +24,7 @@ from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, U
 from data import add_data_args, augment_batch, data_from_args, to_model
 from machine import autocast, ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
+from recipes import data_defaults
 from runs import (LossMeter, Interrupt, RunFolder, Stopper, checkpoint_to_resume, claim_run_dir, data_fingerprint,
                   run_under_torchrun, typed_flags)
 
@@ -35,7 +36,8 @@ def base_parser(description):
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--preset", default="small", choices=list(PRESETS), help="UNet size (default small)")
     g.add_argument("--ch", type=POSITIVE_INT, default=None, help="override the preset's base width")
-    g.add_argument("--cond", action="store_true", help="class-conditional (labelled data), label drop for CFG")
+    g.add_argument("--cond", action=argparse.BooleanOptionalAction, default=False,
+                   help="class-conditional (labelled data), label drop for CFG (default: off; on for mnist, see recipes.py)")
     g.add_argument("--label-drop", type=FRACTION, default=0.1, help="with --cond: share of labels replaced by null")
     g.add_argument("--batch", type=POSITIVE_INT, default=32, help="global batch size (default 32)")
     g.add_argument("--lr", type=POSITIVE, default=None, help="learning rate (default: the preset's, 1e-3 for small)")
@@ -160,12 +162,19 @@ class TrainState:
         self.seconds = sd.get("train_seconds", 0.0)
 
 
-def train(objective, argv=None):
-    """Parse the objective's command line and run it; the entry point of every train_*.py."""
+def parse_args(objective, argv=None):
+    """The objective's command line, with the defaults of --data's entry in recipes.py where a flag is not
+    given; and the set of flags typed."""
     p = base_parser(objective.description)
     objective.add_args(p)
+    p.set_defaults(**data_defaults(objective.kind, p.parse_known_args(argv)[0].data))
     args = p.parse_args(argv)
-    typed = typed_flags(p, argv, args)
+    return args, typed_flags(p, argv, args)
+
+
+def train(objective, argv=None):
+    """Parse the objective's command line and run it; the entry point of every train_*.py."""
+    args, typed = parse_args(objective, argv)
     run_cli(lambda: run_under_torchrun(lambda: _train(objective, args, typed), args))
 
 

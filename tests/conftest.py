@@ -40,7 +40,8 @@ def _train(tmp_path_factory, name, script, *flags):
 
 @pytest.fixture(scope="session")
 def ddpm_run(tmp_path_factory):
-    """(run folder, training log) of an unconditional ε-prediction DDPM: maps 16 px, 6 steps. Read only."""
+    """(run folder, training log) of an unconditional DDPM with the default loss (v, min-SNR 5): maps 16 px,
+    6 steps. Read only."""
     return _train(tmp_path_factory, "ddpm", "train_ddpm.py", "--size", "16", "--steps", "6")
 
 

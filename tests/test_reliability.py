@@ -49,7 +49,7 @@ def test_resume_with_contradicting_flags_and_unknown_names(tmp_path):
     run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--out", str(out))
     one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "32", "--steps", "4", "--resume", "--out", str(out), ok=False))
     one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "4", "--resume", "--out", str(out),
-                             "--pred", "v", ok=False))
+                             "--pred", "eps", ok=False))
     code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "4", "--resume", "--out", str(out))
     assert "stopped (steps) at step 4" in log
     before = os.stat(out / "ckpt.pt").st_mtime_ns

@@ -239,6 +239,20 @@ def test_main_job_defaults_are_maps_small_15_minutes():
     a = p.parse_args([])
     assert a.data == "maps" and a.preset == "small" and a.minutes is None  # None -> 15 min in _train
     assert (a.grid_sampler, a.grid_steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("dpmpp2m_sde", 15)
+    assert (a.pred, a.min_snr, a.cond) == ("v", 5.0, False)
+
+
+def test_data_chooses_its_defaults_and_the_command_line_overrides_them():
+    from objectives import DDPM, ColdZoom
+    from recipes import DATA_DEFAULTS
+    from trainer import parse_args
+    assert DATA_DEFAULTS["ddpm"]["mnist"] == {"cond": True}
+    args, typed = parse_args(DDPM(), ["--data", "mnist"])
+    assert args.cond and "cond" not in typed  # a default, so --resume takes the checkpoint's
+    args, typed = parse_args(DDPM(), ["--data", "mnist", "--no-cond", "--pred", "eps"])
+    assert not args.cond and args.pred == "eps" and {"cond", "pred"} <= typed
+    assert not parse_args(DDPM(), ["--data", "cifar10"])[0].cond
+    assert not parse_args(ColdZoom("nearest"), ["--data", "mnist"])[0].cond  # the entries are per script kind
 
 
 def test_zoom_sample_cli_every_start_and_update(zoom_run, tmp_path):
