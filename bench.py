@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from cli import POSITIVE, POSITIVE_INT, PRECISIONS, Parser, UserError, resolve_device, run_cli
 from machine import autocast, describe, native_precisions, set_threads, setup_device
-from generate import SAMPLE_BATCH
+from generate import sample_batch
 
 
 def timer(device):
@@ -128,7 +128,8 @@ def run_row(row):
             from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm
             from schedules import Schedule
             t0 = now()
-            generate_ddpm(net, Schedule.make("cosine", 1000), "eps", row["e2e_n"], device, precision=row["precision"])
+            generate_ddpm(net, Schedule.make("cosine", 1000), "eps", row["e2e_n"], device, batch=row["batch"],
+                          precision=row["precision"])
             out["e2e"] = dict(sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, n=row["e2e_n"], seconds=now() - t0)
     out["peak_mem_MB"] = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else
                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -164,7 +165,7 @@ def rows_for(args, precisions):
     model, c, s = ("small", 3, 32) if ("small", 3, 32) in left else (left[0] if left else (None, 0, 0))
     if model:
         rows.append(dict(model=model, channels=c, size=s, precision=precisions[0], channels_last=False,
-                         compile=False, task="sample", nfes=[4, 10, 15, 50, 100, 1000], batch=args.sample_batch,
+                         compile=False, task="sample", nfes=[4, 10, 15, 50, 100, 1000], batch=sample_batch(args.device, args.sample_batch),
                          e2e_n=20 if args.quick else 1000))
     for r in rows:
         r.setdefault("batch", 32)
@@ -181,7 +182,8 @@ def main():
                    help="comma-separated precisions to time (default: the ones this machine runs natively)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--models", default=None, help="comma-separated subset of rows by model, e.g. small,lucidrains-unet64")
-    p.add_argument("--sample-batch", type=POSITIVE_INT, default=SAMPLE_BATCH, help="batch for the per-NFE sampling row")
+    p.add_argument("--sample-batch", type=POSITIVE_INT, default=None,
+                   help="batch for the sampling row (default: sample.py's for the device)")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row in this process
     args = p.parse_args()
     if args.row:
@@ -246,7 +248,7 @@ def bench(args):
             print(f"| {nfe} | {sec:.1f} |")
         e = res["e2e"]
         print(f"\nThe default sampler end to end (`{e['sampler']}`, {e['steps']} steps, as `python sample.py` runs it, "
-              f"batch {SAMPLE_BATCH}): {e['seconds']:.1f} s for {e['n']:,} images.")
+              f"batch {row['batch']}): {e['seconds']:.1f} s for {e['n']:,} images.")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
 from features import Classifier, Inception, load_ref_data, parse_ref, pytorch_fid_difference, ref_features
 from machine import describe, provenance, resolve_precision, set_threads, setup_device
 from metrics import channel_stats, class_stats, colour_gap, frechet_distance, kid, mean_cov, precision_recall
-from generate import SAMPLE_BATCH
+from generate import SAMPLE_BATCH, SAMPLE_BATCH_CUDA
 
 EXTRACTORS = ("inception", "classifier")
 
@@ -68,7 +68,8 @@ def main():
                                                    "for a table")
     g.add_argument("--noise", type=NONNEG, default=0.0, help="zoom: noise std injected while sampling")
     g.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
-    g.add_argument("--batch", type=POSITIVE_INT, default=SAMPLE_BATCH, help="images per network call when sampling")
+    g.add_argument("--batch", type=POSITIVE_INT, default=None,
+                   help=f"images per network call when sampling (default {SAMPLE_BATCH} on CPU, {SAMPLE_BATCH_CUDA} on CUDA)")
     p.add_argument("--cache-dir", default=None,
                    help="reference features and classifiers (default <--out>/fid_cache, else runs/fid_cache)")
     p.add_argument("--inception", default=None, help="path to the FID Inception TorchScript file (default: from the "

@@ -21,7 +21,8 @@ from torchvision.utils import make_grid, save_image
 from checkpoint import load_checkpoint
 from cli import FINITE, NONNEG, POSITIVE_INT, Parser, add_run_args, ensure_writable, resolve_device, run_cli
 from data import to_uint8
-from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_BATCH, generate_from_checkpoint, parse_labels
+from generate import (DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_BATCH, SAMPLE_BATCH_CUDA, generate_from_checkpoint,
+                      parse_labels)
 from machine import describe, resolve_precision, set_threads, setup_device
 from samplers import SAMPLERS, SPACINGS
 from zoom import STARTS
@@ -55,7 +56,8 @@ def main():
     p.add_argument("--labels", default=None, help="comma-separated class indices, cycled (default: all classes in turn)")
     p.add_argument("--start", default=None, choices=STARTS, help="zoom only: start state (default bank)")
     p.add_argument("--noise", type=NONNEG, default=0.0, help="zoom only: std of noise injected while sampling")
-    p.add_argument("--batch", type=POSITIVE_INT, default=SAMPLE_BATCH, help="images per network call")
+    p.add_argument("--batch", type=POSITIVE_INT, default=None,
+                   help=f"images per network call (default {SAMPLE_BATCH} on CPU, {SAMPLE_BATCH_CUDA} on CUDA)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--progression", action="store_true", help="also write progression.png (x_t and predicted x0 over time)")
     add_run_args(p, "output folder (default <run>/samples_<sampler><steps>)")

@@ -182,6 +182,12 @@ def test_images_do_not_change_with_batch_size(sampler, steps):
     assert not torch.allclose(a, generate_ddpm(m, sched, "eps", 5, "cpu", sampler, steps, seed=4))  # seed matters
 
 
+def test_default_sampling_batch_follows_the_device_and_an_explicit_one_wins():
+    from generate import SAMPLE_BATCH, SAMPLE_BATCH_CUDA, sample_batch
+    assert sample_batch("cpu") == SAMPLE_BATCH and sample_batch(torch.device("cuda", 1)) == SAMPLE_BATCH_CUDA
+    assert SAMPLE_BATCH_CUDA > SAMPLE_BATCH and sample_batch("cuda:0", 7) == 7 and sample_batch("cpu", 7) == 7
+
+
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
 def test_cold_samplers_follow_algorithms_1_and_2_with_an_imperfect_restorer(mode):
     """A restorer that is off by a fixed e, R(x_s, s) = x0 + e, from x_T = D(x0, T). D is linear, so
