@@ -165,8 +165,8 @@ def rows_for(args, precisions):
     model, c, s = ("small", 3, 32) if ("small", 3, 32) in left else (left[0] if left else (None, 0, 0))
     if model:
         rows.append(dict(model=model, channels=c, size=s, precision=precisions[0], channels_last=False,
-                         compile=False, task="sample", nfes=[4, 10, 15, 50, 100, 1000], batch=sample_batch(args.device, args.sample_batch),
-                         e2e_n=20 if args.quick else 1000))
+                         compile=False, task="sample", nfes=[4, 10, 15, 50, 100, 1000],
+                         batch=sample_batch(args.device, args.sample_batch), e2e_n=20 if args.quick else 1000))
     for r in rows:
         r.setdefault("batch", 32)
         r["seconds"], r["device"] = args.seconds, args.device
