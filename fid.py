@@ -56,11 +56,11 @@ def main():
     p.add_argument("--size", type=POSITIVE_INT, default=None, help="image size for --floor (default: the dataset's)")
     p.add_argument("--metrics", default="fid,kid,pr", help="any of fid, kid, pr (precision/recall, k=3)")
     g = p.add_argument_group("sampling (with --ckpt)")
-    g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m, dpmpp2m_sde (default: sample.py's); "
-                   "zoom: naive (default), improved")
+    g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m, dpmpp2m_sde, consistency (default: "
+                   "sample.py's); zoom: naive (default), improved")
     g.add_argument("--steps", type=POSITIVE_INT, default=None, help="DDPM sampling steps (default: sample.py's)")
     g.add_argument("--spacing", default=None, help="uniform or karras (default: the sampler's own, see sample.py)")
-    g.add_argument("--sweep-steps", default=None, help="comma-separated step counts: a FID-vs-NFE table")
+    g.add_argument("--sweep-steps", default=None, help="comma-separated step counts: a FID-vs-NFE table and quality_vs_nfe.png")
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
     g.add_argument("--eta", type=NONNEG, default=0.0)
     g.add_argument("--cfg", type=FINITE, default=None)
@@ -273,6 +273,12 @@ def _main(args):
             rows.append((label, full))
             print(one_line(label, full) + f"  -> {out}/scores.jsonl")
     print(table(rows))
+    if args.sweep_steps and args.ckpt:  # quality vs NFE, every checkpoint and sampler of this command on one plot
+        from plots import scores_figure
+        metric = "fd" if "fid" in metrics else "kid" if "kid" in metrics else "precision"
+        path = os.path.join(args.out or os.path.dirname(args.ckpt[0]), "quality_vs_nfe.png")
+        scores_figure([full for _, full in rows], "nfe", metric).savefig(path, dpi=120, bbox_inches="tight")
+        print(f"quality vs NFE: {path}")
 
 
 def check_inception(args, device):

@@ -25,8 +25,25 @@ def sample_batch(device, batch=None):
 
 
 def default_spacing(sampler):
-    """karras for the DPM-Solver++ pair (better at few steps); uniform, as in their papers, for ancestral and DDIM."""
+    """karras for the DPM-Solver++ pair (better at few steps); uniform, as in their papers, for ancestral and DDIM,
+    and for consistency sampling (its 2-step level on a cosine schedule, t = T/2, is σ ≈ 1, near Song et al.'s
+    0.821; karras puts its few levels near pure noise)."""
     return "karras" if sampler.startswith("dpmpp") else "uniform"
+
+
+def sampler_timesteps(sched, sampler, steps, spacing):
+    """The timesteps `sampler` visits in `steps` network calls. Consistency sampling never calls the network at
+    t = 0 (its output there is its input): it takes the `steps` highest of steps + 1 levels."""
+    if sampler == "consistency":
+        ts = timesteps_for(sched, steps + 1, spacing)
+        return ts[1:] if len(ts) > 1 else ts
+    return timesteps_for(sched, steps, spacing)
+
+
+def checkpoint_sampling(ck):
+    """(sampler, steps) a checkpoint samples with by default: a distilled student names its own."""
+    own = ck.get("objective") or {}
+    return own.get("sampler", DEFAULT_SAMPLER), own.get("steps", DEFAULT_STEPS)
 
 
 def _in_batches(n, batch, first_index, progress, desc, one_batch):
@@ -55,7 +72,7 @@ def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0
     model.eval()
     c, size = model.in_ch, model.size
     sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
-    ts = timesteps_for(sched, steps, spacing or default_spacing(sampler))
+    ts = sampler_timesteps(sched, sampler, steps, spacing or default_spacing(sampler))
     extra = dict(eta=eta) if sampler == "ddim" else {}
     device = torch.device(device)
 
@@ -114,7 +131,8 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
         x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
                           batch, progress=progress, snapshots=snapshots, precision=precision)
         return x, dict(sampler=sampler, start=start, noise=noise, nfe=obj["T"])
-    sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
+    own_sampler, own_steps = checkpoint_sampling(ck)
+    sampler, steps = sampler or own_sampler, steps or own_steps
     if start is not None or noise:
         raise UserError("--start and --noise are Cold Zoom options; a DDPM checkpoint starts from Gaussian noise")
     if eta and sampler != "ddim":
@@ -129,7 +147,7 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
     sched = schedule_of(ck)
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
                       precision, progress=progress, snapshots=snapshots, spacing=spacing)
-    nfe = len(timesteps_for(sched, steps, spacing)) * (2 if cfg is not None and labels is not None and cfg != 1 else 1)
+    nfe = len(sampler_timesteps(sched, sampler, steps, spacing)) * (2 if cfg is not None and labels is not None and cfg != 1 else 1)
     return x, dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, cfg=cfg, nfe=nfe)
 
 

@@ -3,7 +3,8 @@
 DDPM: L_simple (Ho et al. 2020, eq. 14) on the ε, x0 or v target; min-SNR-γ weighting (Hang et al.
 2023, eq. 7); the hybrid loss of improved DDPM, L_simple + λ L_vlb with λ = 0.001 and the mean
 stopped in L_vlb (Nichol & Dhariwal 2021, sec. 3.1, eq. 16). Cold Zoom: ‖R(D(x0, s), s) − x0‖
-(Bansal et al. 2022, eq. 1), squared or L1.
+(Bansal et al. 2022, eq. 1), squared or L1. Consistency: the pseudo-Huber distance between the model's
+x̂0 at a level t and its own (stop-gradient) x̂0 at an earlier level r (Song et al. 2023; Geng et al. 2024).
 """
 import math
 
@@ -72,3 +73,17 @@ def restoration_loss(pred, x0, kind="mse"):
     """Cold Diffusion's restoration loss ‖R(D(x0, s), s) − x0‖, squared ('mse') or L1 ('l1')."""
     err = pred - x0
     return (err.abs() if kind == "l1" else err.pow(2)).mean(dim=(1, 2, 3))
+
+
+def pseudo_huber(a, b, c):
+    """√(‖a − b‖² + c²) − c per sample (Song & Dhariwal 2023, "Improved techniques for training consistency
+    models", sec. 3.3): quadratic near 0 like L2, linear for large errors, so a few bad targets do not dominate."""
+    return ((a - b).float().pow(2).sum(dim=(1, 2, 3)) + c * c).sqrt() - c
+
+
+def consistency_level(t, halvings):
+    """The level r < t whose output the consistency model at t is pulled toward: r = t − max(1, ⌊t / 2^halvings⌋).
+    halvings = 0 is r = 0 (plain denoising); each halving moves r halfway closer to t, so the chain of targets
+    from any level down to the data grows longer and the model must be consistent along it (ECT, Geng et
+    al. 2024, anneal this gap to 0 over training)."""
+    return t - torch.div(t, 2 ** halvings, rounding_mode="floor").clamp(min=1)

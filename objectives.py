@@ -1,13 +1,16 @@
 """What the training loop trains: an objective ties the kernel's loss and samplers to the command line.
-trainer.py runs any object with the `Objective` interface; DDPM and ColdZoom are the two there are."""
+trainer.py runs any object with the `Objective` interface: DDPM, ColdZoom, and Consistency (a DDPM
+checkpoint distilled into a few-step student)."""
 from typing import Protocol
 
 import torch
 
+from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import NONNEG, POSITIVE, POSITIVE_INT, UserError
 from data import to_model
 from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm, generate_zoom
-from losses import diffusion_loss, restoration_loss
+from losses import consistency_level, diffusion_loss, pseudo_huber, restoration_loss
+from recipes import data_defaults
 from samplers import SAMPLERS
 from schedules import PREDICTIONS, Schedule, zoom_degrade
 from zoom import STARTS, final_windows, start_stats
@@ -18,6 +21,16 @@ class Objective(Protocol):
     run_name: str  # the run folder's prefix: runs/<run_name>_<data><size>
     description: str  # the script's --help text
     frozen_args: tuple  # its flags that a resumed run takes from the checkpoint
+    progress: float = 0.0  # the share of the training budget done, set by the loop after each step
+
+    def defaults(self, known) -> dict:
+        """Flag defaults that follow other flags (`known`: a first parse of the command line): the data's
+        entry in recipes.py."""
+        return data_defaults(self.kind, known.data)
+
+    def init_model(self, model) -> None:
+        """Sees the network once built and on its device, before a new run starts or a checkpoint is resumed
+        into it: a new run's initial weights may be set here (a student starts as its teacher)."""
 
     def add_args(self, parser) -> None:
         """Its own flags and defaults."""
@@ -45,7 +58,18 @@ def drop_labels(y, b, gen, p, null):
     return torch.where(drop, torch.full_like(y, null), y)
 
 
-class DDPM:
+def draw_batch(x0, y, gen, part, lo, hi, label_drop, null):
+    """A noise level in [lo, hi) and Gaussian noise per image, and the label drop, all drawn from gen for the
+    whole global batch (so K ranks draw what one process would); this rank's `part`: (t, x0, noise, y)."""
+    b = x0.shape[0]
+    t = torch.randint(lo, hi, (b,), generator=gen, device=gen.device)
+    noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
+    if y is not None:
+        y = drop_labels(y, b, gen, label_drop, null)[part]
+    return t[part].to(x0.device), x0[part], noise[part], y
+
+
+class DDPM(Objective):
     kind = run_name = "ddpm"
     frozen_args = ("schedule", "T", "pred", "min_snr", "min_snr_plus_one", "learn_sigma", "schedule_shift")
     description = """Train a DDPM (Ho et al. 2020) with the options of improved DDPM and later work.
@@ -85,12 +109,8 @@ the mean stopped in L_vlb). See losses.py.
         return dict(learn_sigma=args.learn_sigma)
 
     def loss(self, model, x0, y, gen, part):
-        args, sched, b = self.args, self.sched, x0.shape[0]
-        t = torch.randint(0, sched.T, (b,), generator=gen, device=gen.device)
-        noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
-        if y is not None:
-            y = drop_labels(y, b, gen, args.label_drop, self.num_classes)[part]
-        t, x0, noise = t[part].to(x0.device), x0[part], noise[part]
+        args, sched = self.args, self.sched
+        t, x0, noise, y = draw_batch(x0, y, gen, part, 0, sched.T, args.label_drop, self.num_classes)
         xt = sched.q_sample(x0, t, noise)
         out = model(xt, t, y).float()
         loss = diffusion_loss(sched, out, x0, xt, noise, t, args.pred, args.min_snr, args.learn_sigma,
@@ -105,10 +125,12 @@ the mean stopped in L_vlb). See losses.py.
         return {}
 
     def load_state(self, state):
-        pass
+        if state.get("method") == "consistency":
+            raise UserError("this checkpoint is a few-step student made by distill.py; continue it with "
+                            "distill.py --resume")
 
 
-class ColdZoom:
+class ColdZoom(Objective):
     kind = "zoom"
     frozen_args = ("final_size", "loss")
 
@@ -160,3 +182,111 @@ size; the restorer R(D(x0, s), s) learns x0. Sampling walks s = T..1 from a star
 
     def load_state(self, state):
         self.stats = state["stats"]
+
+
+class Consistency(Objective):
+    kind = "ddpm"  # a student is sampled like any DDPM checkpoint, with its own default sampler and steps
+    run_name = "consistency"
+    frozen_args = ("teacher", "target", "halvings", "huber_c", "sample_steps")
+    # What a student takes from its teacher unless typed: the data, the network, the batch.
+    TEACHER_FLAGS = ("data", "data_root", "size", "folds", "n_maps", "preset", "ch", "cond", "label_drop", "batch")
+    description = """Distil a DDPM checkpoint of this project into a few-step consistency model.
+
+    python distill.py --teacher runs/ddpm_mnist28/ckpt.pt --minutes 20
+    python sample.py --ckpt runs/consistency_mnist28/ckpt.pt           # 4 network calls per image
+    python fid.py --ckpt TEACHER.pt STUDENT.pt --samplers consistency --sweep-steps 1,2,4
+
+The student starts as the teacher (its EMA weights, same network and schedule) and learns a consistency
+function f(x_t, t) = x̂0 that agrees along each trajectory: f at level t is pulled (pseudo-Huber distance)
+toward its own stop-gradient output at an earlier level r of the same trajectory (Song et al. 2023). With
+--target teacher (consistency distillation) x_r is the teacher's DDIM step, the probability-flow ODE, from
+x_t; with --target data (consistency training, as ECT tunes a diffusion model: Geng et al. 2024) x_r
+is the same data and noise at level r. The gap t − r starts at t/2 and halves --halvings − 1 times
+over the budget (losses.consistency_level). Sampling: samplers.sample_consistency.
+"""
+
+    def add_args(self, p):
+        g = p.add_argument_group("consistency distillation")
+        g.add_argument("--teacher", default=None,
+                       help="the DDPM checkpoint to distil; its data, network and batch are the student's defaults")
+        g.add_argument("--target", default="teacher", choices=["teacher", "data"],
+                       help="where the earlier point of a trajectory comes from: the teacher's ODE step "
+                            "(distillation, default) or the data's own noise (consistency training, no teacher calls)")
+        g.add_argument("--halvings", type=POSITIVE_INT, default=6,
+                       help="the level gap t − r goes t/2, t/4, ... t/2^halvings over the budget (default 6)")
+        g.add_argument("--huber-c", type=POSITIVE, default=None,
+                       help="pseudo-Huber c (default 0.00054 √(channels·size²), as in improved consistency training)")
+        g.add_argument("--sample-steps", type=POSITIVE_INT, default=4,
+                       help="network calls per image the student samples with by default: progress grids, sample.py, "
+                            "fid.py (default 4)")
+        p.set_defaults(warmup=0)  # the weights are trained already; Adam's first steps are small anyway
+
+    def defaults(self, known):
+        if known.teacher is None:  # on --resume the checkpoint holds them
+            return {}
+        a = load_checkpoint(known.teacher, kind="ddpm")["args"]
+        # lr: a fifth of the teacher's (ECT tunes at a tenth of pre-training's, for far longer than a CPU budget).
+        return {**{k: a[k] for k in self.TEACHER_FLAGS if k in a}, "lr": a["lr"] / 5}
+
+    def setup(self, args, data):
+        if args.teacher is None:
+            raise UserError(f"{args.out} was not made by distill.py (its checkpoint names no teacher); continue it with "
+                            f"the script that trained it" if args.resume else
+                            "--teacher is needed: the ckpt.pt of a DDPM run to distil (train_ddpm.py makes one)")
+        ck = load_checkpoint(args.teacher, kind="ddpm")
+        a = ck["args"]
+        for k in ("data", "size", "cond"):
+            if getattr(args, k) != a[k]:
+                raise UserError(f"--{k} {getattr(args, k)} differs from the teacher's ({a[k]}): a student learns its "
+                                f"teacher's data; drop the flag")
+        for k, default in (("schedule", "linear"), ("T", 1000), ("pred", "eps"), ("schedule_shift", 1.0)):
+            setattr(args, k, a.get(k, default))  # the student's checkpoint samples with the teacher's schedule
+        self.args, self.sched, self.pred = args, Schedule.make(args.schedule, args.T, args.schedule_shift), args.pred
+        self.num_classes = data.num_classes if args.cond else 0
+        self.c = args.huber_c or 0.00054 * (data.channels * data.size ** 2) ** 0.5
+        self.teacher = model_from_checkpoint(ck, ema=True)
+        for q in self.teacher.parameters():
+            q.requires_grad_(False)
+        return dict(learn_sigma=a.get("learn_sigma", False))
+
+    def init_model(self, model):
+        try:
+            model.load_state_dict(self.teacher.state_dict())
+        except RuntimeError:
+            raise UserError(f"the network flags (--preset, --ch) differ from the teacher's {self.args.teacher}; "
+                            f"drop them: a student has its teacher's network")
+        self.teacher = self.teacher.to(next(model.parameters()).device) if self.args.target == "teacher" else None
+
+    def x0(self, model, x, t, y):
+        """The consistency function f(x, t): the network's output read as x̂0, unclipped."""
+        return self.sched.x0_eps(self.pred, model(x, t, y).float()[:, :x.shape[1]], x, t)[0]
+
+    def halvings_now(self):
+        return 1 + min(int(self.progress * self.args.halvings), self.args.halvings - 1)
+
+    def loss(self, model, x0, y, gen, part):
+        args, sched = self.args, self.sched
+        t, x0, noise, y = draw_batch(x0, y, gen, part, 1, sched.T, args.label_drop, self.num_classes)
+        r = consistency_level(t, self.halvings_now())
+        xt = sched.q_sample(x0, t, noise)
+        with torch.no_grad():
+            if self.teacher is not None:  # the teacher's DDIM step t -> r: x_r = √ᾱ_r x̂0 + √(1 − ᾱ_r) ε̂
+                x0_hat, eps_hat = sched.x0_eps(self.pred, self.teacher(xt, t, y).float()[:, :x0.shape[1]], xt, t,
+                                               clip=True)
+                xr = sched.q_sample(x0_hat, r, eps_hat)
+            else:
+                xr = sched.q_sample(x0, r, noise)
+            target = self.x0(model, xr, r, y)
+        return pseudo_huber(self.x0(model, xt, t, y), target, self.c), t.float() / sched.T
+
+    def sample(self, model, n, labels, device, seed=0):
+        return generate_ddpm(model, self.sched, self.pred, n, device, "consistency", self.args.sample_steps,
+                             labels=labels, seed=seed)
+
+    def state(self):
+        return {"method": "consistency", "sampler": "consistency", "steps": self.args.sample_steps,
+                "teacher": self.args.teacher, "target": self.args.target}
+
+    def load_state(self, state):
+        if state.get("method") != "consistency":
+            raise UserError("this checkpoint was not made by distill.py; continue it with the script that trained it")

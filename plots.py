@@ -110,27 +110,33 @@ def plot_loss(args):
 def plot_scores(args):
     """FID (or another metric) from scores.jsonl cards against NFE, training step or training minutes, one
     line per run / extractor / sampler / reference: runs side by side."""
-    x = {"minutes": "train_minutes"}.get(args.x, args.x)
-    series = {}
+    cards = []
     for path in args.files:
         if not os.path.isfile(path):
             raise UserError(f"'{path}' does not exist; fid.py writes scores.jsonl into the run folder")
-        for line in open(path):
-            c = json.loads(line)
-            if args.metric not in c or c.get(x) is None:
-                continue
-            run = os.path.basename(os.path.dirname(c.get("source", ""))) if c.get("kind") else ""
-            key = f"{run} {c.get('extractor', '?')} {c.get('sampler', '')} vs {c.get('ref', '?')} (N={c.get('n', '?')})"
-            series.setdefault(key.strip(), []).append((c[x], c[args.metric]))
+        cards += [json.loads(line) for line in open(path)]
+    return scores_figure(cards, args.x, args.metric, ", ".join(args.files))
+
+
+def scores_figure(cards, x="nfe", metric="fd", where="the cards"):
+    """The figure of plot_scores from card dicts (fid.py draws its --sweep-steps this way)."""
+    x = {"minutes": "train_minutes"}.get(x, x)
+    series = {}
+    for c in cards:
+        if metric not in c or c.get(x) is None:
+            continue
+        run = os.path.basename(os.path.dirname(c.get("source", ""))) if c.get("kind") else ""
+        key = f"{run} {c.get('extractor', '?')} {c.get('sampler', '')} vs {c.get('ref', '?')} (N={c.get('n', '?')})"
+        series.setdefault(key.strip(), []).append((c[x], c[metric]))
     if not series:
-        raise UserError(f"no cards with both '{args.metric}' and '{x}' in {', '.join(args.files)}")
+        raise UserError(f"no cards with both '{metric}' and '{x}' in {where}")
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, pts in series.items():
         pts = sorted(pts)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key)
     ax.set_xlabel({"nfe": "network evaluations (NFE)", "step": "training step",
                    "train_minutes": "training minutes"}.get(x, x))
-    ax.set_ylabel({"fd": "Fréchet distance (FID with inception)"}.get(args.metric, args.metric))
+    ax.set_ylabel({"fd": "Fréchet distance (FID with inception)"}.get(metric, metric))
     if x == "nfe":
         ax.set_xscale("log")
     ax.legend(fontsize=7)

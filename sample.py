@@ -3,9 +3,11 @@
     python sample.py --ckpt runs/ddpm_maps64/ckpt.pt --n 64           # default: SDE-DPM-Solver++(2M), 15 steps
     python sample.py --ckpt runs/ddpm_maps64/ckpt.pt --sampler ancestral --steps 1000
     python sample.py --ckpt runs/zoom_nearest_mnist28/ckpt.pt --start bank --sampler naive
+    python sample.py --ckpt runs/consistency_mnist28/ckpt.pt          # a distill.py student: its own few steps
 
 DDPM: ancestral (all T steps or respaced), DDIM (--eta), DPM-Solver++(2M) as an ODE (dpmpp2m) or an SDE
-(dpmpp2m_sde), with classifier-free guidance (--cfg) on class-conditional checkpoints. Cold Zoom: naive
+(dpmpp2m_sde), multistep consistency sampling (consistency: distill.py's students), with classifier-free
+guidance (--cfg) on class-conditional checkpoints. Cold Zoom: naive
 or improved updates from a start state (--start). Image i always gets the noise of (seed, i), so an
 image does not change with --batch or --n.
 Writes grid.png, images/NNNNN.png and samples.npz (uint8, N x H x W x C) to --out.
@@ -21,8 +23,8 @@ from torchvision.utils import make_grid, save_image
 from checkpoint import load_checkpoint
 from cli import FINITE, NONNEG, POSITIVE_INT, Parser, add_run_args, ensure_writable, resolve_device, run_cli
 from data import to_uint8
-from generate import (DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_BATCH, SAMPLE_BATCH_CUDA, generate_from_checkpoint,
-                      parse_labels)
+from generate import (DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_BATCH, SAMPLE_BATCH_CUDA, checkpoint_sampling,
+                      generate_from_checkpoint, parse_labels)
 from machine import describe, resolve_precision, set_threads, setup_device
 from samplers import SAMPLERS, SPACINGS
 from zoom import STARTS
@@ -47,8 +49,9 @@ def main():
     p.add_argument("--ckpt", required=True, help="a training run's ckpt.pt")
     p.add_argument("--n", type=POSITIVE_INT, default=64, help="number of images")
     p.add_argument("--sampler", default=None,
-                   help=f"DDPM: {', '.join(SAMPLERS)} (default {DEFAULT_SAMPLER}); zoom: naive (default), improved")
-    p.add_argument("--steps", type=POSITIVE_INT, default=None, help=f"sampling steps = NFE, x2 with CFG (default {DEFAULT_STEPS})")
+                   help=f"DDPM: {', '.join(SAMPLERS)} (default {DEFAULT_SAMPLER}, or a distilled checkpoint's own); zoom: "
+                        "naive (default), improved")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None, help=f"sampling steps = NFE, x2 with CFG (default {DEFAULT_STEPS}, or a distilled checkpoint's own)")
     p.add_argument("--spacing", default=None, choices=SPACINGS,
                    help="where the steps sit: uniform in t, or karras (dense at low noise); default: karras for dpmpp*, else uniform")
     p.add_argument("--eta", type=NONNEG, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
@@ -75,8 +78,9 @@ def _main(args):
     zoom = ck["kind"] == "zoom"
     labels = parse_labels(args.labels, args.n, ck)
     snaps = [] if args.progression else None
+    own_sampler, own_steps = checkpoint_sampling(ck)
     name = (f"{args.sampler or 'naive'}_{args.start or 'bank'}" if zoom else
-            f"{args.sampler or DEFAULT_SAMPLER}{args.steps or DEFAULT_STEPS}")
+            f"{args.sampler or own_sampler}{args.steps or own_steps}")
     out = ensure_writable(args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{name}"), "--out")
     t0 = time.time()
     x, info = generate_from_checkpoint(ck, args.n, device, args.sampler, args.steps, args.eta, args.start, args.noise, labels,

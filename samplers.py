@@ -110,10 +110,24 @@ def sample_dpmpp_2m(denoise, sched, x, timesteps, noise=None, eta=0.0, callback=
     return x
 
 
+def sample_consistency(denoise, sched, x, timesteps, noise, callback=None):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1): x̂0 = f(x, t) from the last timestep;
+    then at each earlier one, noise x̂0 afresh to that level, x = √ᾱ_t x̂0 + √(1 − ᾱ_t) z, and map it back.
+    One network call per timestep; on a plain diffusion model f is its one-shot x̂0 (blurry at few steps)."""
+    for i in reversed(range(len(timesteps))):
+        if i < len(timesteps) - 1:
+            a = sched.abar[timesteps[i]].item()
+            x = a ** 0.5 * x0 + (1 - a) ** 0.5 * noise()
+        x0, _, _ = denoise(x, timesteps[i])
+        if callback:
+            callback(i, x, x0)
+    return x0
+
+
 # name -> sampler(denoise, sched, x, timesteps, noise, callback=None, [eta=] for ddim)
 SAMPLERS = {"ancestral": sample_ancestral, "ddim": sample_ddim,
             "dpmpp2m": functools.partial(sample_dpmpp_2m, eta=0.0),
-            "dpmpp2m_sde": functools.partial(sample_dpmpp_2m, eta=1.0)}
+            "dpmpp2m_sde": functools.partial(sample_dpmpp_2m, eta=1.0), "consistency": sample_consistency}
 
 
 def make_denoiser(model, sched, pred, labels=None, cfg=None, num_classes=0, clip=True):

@@ -1,4 +1,4 @@
-"""The one training loop behind train_ddpm.py, train_zoom_nearest.py and train_zoom_bilinear.py.
+"""The one training loop behind train_ddpm.py, train_zoom_nearest.py, train_zoom_bilinear.py and distill.py.
 
 An objective (objectives.py) supplies the loss and the progress-grid sampler; a TrainState owns
 everything training changes; runs.py keeps the run folder, the budget and the signals.
@@ -24,7 +24,6 @@ from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, U
 from data import add_data_args, augment_batch, data_from_args, to_model
 from machine import autocast, ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
-from recipes import data_defaults
 from runs import (LossMeter, Interrupt, RunFolder, Stopper, checkpoint_to_resume, claim_run_dir, data_fingerprint,
                   run_under_torchrun, typed_flags)
 
@@ -167,15 +166,17 @@ def parse_args(objective, argv=None):
     given; and the set of flags typed."""
     p = base_parser(objective.description)
     objective.add_args(p)
-    p.set_defaults(**data_defaults(objective.kind, p.parse_known_args(argv)[0].data))
+    p.set_defaults(**objective.defaults(p.parse_known_args(argv)[0]))
     args = p.parse_args(argv)
     return args, typed_flags(p, argv, args)
 
 
 def train(objective, argv=None):
-    """Parse the objective's command line and run it; the entry point of every train_*.py."""
-    args, typed = parse_args(objective, argv)
-    run_cli(lambda: run_under_torchrun(lambda: _train(objective, args, typed), args))
+    """Parse the objective's command line and run it; the entry point of every train_*.py and distill.py."""
+    def main():
+        args, typed = parse_args(objective, argv)
+        run_under_torchrun(lambda: _train(objective, args, typed), args)
+    run_cli(main)
 
 
 def _train(objective, args, typed):
@@ -206,7 +207,7 @@ def _train(objective, args, typed):
                 bar.update(1)
                 log_step = state.step % args.log_every == 0
                 stop, diverged = stopper.check(state.step, meter.nonfinite, log_step)
-                state.progress = stopper.progress
+                state.progress = objective.progress = stopper.progress  # the lr's cool-down, a curriculum
                 if diverged:
                     bar.close()  # so the message starts its own line
                     raise UserError(f"the loss stopped being finite at or before step {state.step}: training diverged "
@@ -298,6 +299,7 @@ class Run:
         torch.manual_seed(args.seed)  # the initial weights, and dropout's draws
         model = build_unet(args.preset, data.channels, data.size, num_classes=data.num_classes if args.cond else 0,
                            ch=args.ch, **model_kwargs).to(device)
+        objective.init_model(model)
         log(describe_unet(model, args.preset))
         return cls(objective, args, model, data, device, precision, world, rank, resume_ck, fingerprint, log)
 

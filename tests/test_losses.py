@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from losses import (diffusion_loss, discretized_gaussian_nll, min_snr_weight, mse, normal_kl, restoration_loss,
-                    vlb_term)
+from losses import (consistency_level, diffusion_loss, discretized_gaussian_nll, min_snr_weight, mse, normal_kl,
+                    pseudo_huber, restoration_loss, vlb_term)
 from schedules import Schedule
 
 
@@ -96,3 +96,19 @@ def test_restoration_loss():
     pred, x0 = torch.zeros(2, 1, 2, 2), torch.tensor([1.0, -3.0]).view(2, 1, 1, 1).expand(2, 1, 2, 2)
     assert torch.equal(restoration_loss(pred, x0, "mse"), torch.tensor([1.0, 9.0]))
     assert torch.equal(restoration_loss(pred, x0, "l1"), torch.tensor([1.0, 3.0]))
+
+
+def test_pseudo_huber_is_l2_near_zero_and_l1_far_out():
+    a, b, c = torch.zeros(3, 1, 2, 2), torch.zeros(3, 1, 2, 2), 0.03
+    b[1, 0, 0, 0], b[2, 0, :, :] = 3.0, 1e-3
+    d = pseudo_huber(a, b, c)
+    assert d[0] == 0 and abs(d[1] - (math.sqrt(9 + c * c) - c)) < 1e-6  # ‖a − b‖ = 3: about |3| − c
+    assert abs(d[2] / (4e-6 / (2 * c)) - 1) < 0.01  # ‖a − b‖² = 4e-6 ≪ c²: about ‖a − b‖² / 2c
+
+
+def test_consistency_level_halves_the_gap_and_steps_back_at_least_once():
+    t = torch.tensor([999, 800, 100, 5, 1])
+    assert consistency_level(t, 0).tolist() == [0, 0, 0, 0, 0]  # r = 0: plain denoising
+    assert consistency_level(t, 1).tolist() == [500, 400, 50, 3, 0]
+    assert consistency_level(t, 3).tolist() == [875, 700, 88, 4, 0]
+    assert consistency_level(t, 6).tolist() == [984, 788, 99, 4, 0]  # the gap never shrinks below one step

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from generate import generate_ddpm
+from generate import generate_ddpm, sampler_timesteps
 from nn_unet import UNet
 from samplers import (SAMPLERS, SPACINGS, make_denoiser, sample_ancestral, sample_cold, sample_ddim,
                       timesteps_for)
@@ -124,7 +124,7 @@ def test_dpmpp2m_step_is_algorithm_2_of_the_paper():
     assert abs(got[2].item() - x1) < 1e-5 and abs(got[1].item() - x2) < 1e-5, (got, x1, x2)
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", [n for n in SAMPLERS if n != "consistency"])  # its f is no denoiser: below
 def test_every_sampler_draws_the_right_distribution_on_gaussian_data(name):
     """Data N(0, s2) and its exact denoiser: every sampler's x_{t_0} must follow the true marginal
     N(0, ᾱ s2 + 1 − ᾱ) at t_0, so the denoised output has variance ᾱ s2² / (ᾱ s2 + 1 − ᾱ). A wrong update
@@ -139,6 +139,34 @@ def test_every_sampler_draws_the_right_distribution_on_gaussian_data(name):
     a = sched.abar[ts[0]].item()
     tol = 0.03 if name == "ancestral" else 0.01
     assert abs(x.mean().item()) < 0.01 and abs(x.var().item() - a * s2 * s2 / (a * s2 + 1 - a)) < tol, x.var()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_consistency_sampling_with_the_exact_consistency_function_draws_the_data(steps):
+    """For data N(0, s2) the consistency function, the probability-flow ODE's end from x_t, is
+    f(x_t) = x_t √(s2 / (ᾱ s2 + 1 − ᾱ)). Sampling with it must give N(0, s2) at any number of steps; each
+    call after the first must see x̂0 noised afresh to its level. (With a denoiser E[x0 | x_t] instead, the
+    variance shrinks: why a diffusion model needs distilling before it samples this way.)"""
+    sched, s2 = Schedule.make("cosine", 1000), 0.25
+    g = torch.Generator().manual_seed(0)
+    noise = lambda: torch.randn(100_000, 1, 1, 1, dtype=torch.float64, generator=g)  # noqa: E731
+    seen = []
+
+    def f(x, t):
+        a = sched.abar[int(t)].item()
+        seen.append((int(t), x.var().item(), a))
+        x0 = x * (s2 / (a * s2 + 1 - a)) ** 0.5
+        return x0, None, None
+    ts = sampler_timesteps(sched, "consistency", steps, "uniform")
+    x = SAMPLERS["consistency"](f, sched, noise(), ts, noise)
+    assert len(seen) == steps and [t for t, _, _ in seen] == ts.flip(0).tolist() and 0 not in ts and ts[-1] == 999
+    for _, var, a in seen:  # every level's input has that level's marginal variance
+        assert abs(var - (a * s2 + 1 - a)) < 0.01
+    assert abs(x.mean().item()) < 0.01 and abs(x.var().item() - s2) < 0.005
+    if steps == 2:
+        assert ts.tolist() == [500, 999]  # σ ≈ 1 at t = T/2 on a cosine schedule, near Song et al.'s 0.821
+    if steps > 1:
+        assert SAMPLERS["consistency"](gaussian_denoiser(sched, s2), sched, noise(), ts, noise).var() < 0.8 * s2
 
 
 def test_timestep_spacings():

@@ -1,0 +1,113 @@
+"""distill.py: a student starts as its teacher and takes its data, network and schedule; it trains on the one
+loop (resume included), samples with its own few steps in sample.py and fid.py, and bad input is one line."""
+import json
+
+import pytest
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from data import data_from_args
+from helpers import one_line_error, run_here
+from nn_unet import build_unet
+from objectives import Consistency
+from trainer import parse_args
+
+DISTILL = ["--n", "4", "--log-every", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def student(ddpm_run, tmp_path_factory):
+    """(teacher ckpt, student run folder): 3 distillation steps of the session's maps 16 px DDPM."""
+    teacher, out = ddpm_run[0] / "ckpt.pt", tmp_path_factory.mktemp("student") / "run"
+    run_here("distill.py", "--teacher", str(teacher), "--steps", "3", *DISTILL, "--out", str(out))
+    return teacher, out
+
+
+def test_a_student_starts_as_its_teacher_with_its_flags(ddpm_run):
+    teacher = str(ddpm_run[0] / "ckpt.pt")
+    t = load_checkpoint(teacher)
+    obj = Consistency()
+    args, _ = parse_args(obj, ["--teacher", teacher, "--device", "cpu"])
+    for k in ("data", "size", "preset", "batch", "n_maps", "cond"):
+        assert getattr(args, k) == t["args"][k], k
+    assert args.lr == pytest.approx(t["args"]["lr"] / 5) and args.target == "teacher"
+    data = data_from_args(args)
+    kw = obj.setup(args, data)
+    assert (args.pred, args.schedule, args.T) == (t["args"]["pred"], t["args"]["schedule"], t["args"]["T"])
+    model = build_unet(args.preset, data.channels, data.size, **kw)
+    obj.init_model(model)
+    want = model_from_checkpoint(t).state_dict()  # the teacher's EMA weights
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    # The loss at the start of the curriculum, on the teacher's own weights: finite, per sample.
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, data.channels, data.size, data.size) * 2 - 1
+    loss, level = obj.loss(model, x0, None, gen, slice(None))
+    assert loss.shape == (4,) and torch.isfinite(loss).all() and (loss >= 0).all() and ((0 <= level) & (level < 1)).all()
+
+
+def test_the_gap_halves_over_the_budget():
+    obj = Consistency()
+    obj.args = type("A", (), {"halvings": 4})()
+    seen = []
+    for p in (0.0, 0.24, 0.26, 0.5, 0.99, 1.0):
+        obj.progress = p
+        seen.append(obj.halvings_now())
+    assert seen == [1, 1, 2, 3, 4, 4]
+
+
+def test_distill_trains_samples_with_its_own_steps_and_resumes(student, tmp_path):
+    teacher, out = student
+    ck = load_checkpoint(str(out / "ckpt.pt"), kind="ddpm")
+    assert ck["step"] == 3 and ck["objective"]["method"] == "consistency" and ck["objective"]["steps"] == 4
+    assert ck["args"]["teacher"] == str(teacher) and ck["args"]["pred"] == load_checkpoint(str(teacher))["args"]["pred"]
+    assert (out / "samples_final.png").exists() and len(open(out / "log.csv").readlines()) == 4
+    code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "3", "--out", str(tmp_path / "s"),
+                         "--device", "cpu")
+    assert "consistency, 4 steps, NFE 4" in log and (tmp_path / "s" / "samples.npz").exists()
+    code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "3", "--steps", "1", "--device", "cpu",
+                         "--out", str(tmp_path / "s1"))
+    assert "consistency, 1 steps, NFE 1" in log
+    code, log = run_here("distill.py", "--resume", "--out", str(out), "--steps", "5", *DISTILL)
+    assert "resumed" in log and "at step 3" in log and load_checkpoint(str(out / "ckpt.pt"))["step"] == 5
+
+
+def test_consistency_training_and_a_conditional_learned_variance_teacher(cond_run, tmp_path):
+    """--target data needs no teacher calls; a class-conditional teacher with learned variance distils, and its
+    student samples every class and takes --cfg."""
+    teacher = str(cond_run[0] / "ckpt.pt")
+    out = tmp_path / "ct"
+    run_here("distill.py", "--teacher", teacher, "--target", "data", "--steps", "2", *DISTILL, "--out", str(out))
+    ck = load_checkpoint(str(out / "ckpt.pt"))
+    assert ck["class_names"] and ck["model_config"]["learn_sigma"] and ck["objective"]["target"] == "data"
+    code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "4", "--cfg", "2", "--steps", "2",
+                         "--device", "cpu", "--out", str(tmp_path / "s"))
+    assert "NFE 4" in log  # 2 steps, x2 for guidance
+
+
+def test_fid_sweeps_teacher_and_student_into_one_plot(student, tmp_path):
+    from helpers import inception_or_skip
+    inception_or_skip()
+    teacher, out = student
+    fid_out = tmp_path / "fid"
+    code, log = run_here("fid.py", "--ckpt", str(teacher), str(out / "ckpt.pt"), "--samplers", "consistency",
+                         "--sweep-steps", "1,2", "--n", "4", "--n-ref", "4", "--metrics", "fid,kid",
+                         "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--out", str(fid_out))
+    cards = [json.loads(line) for line in open(fid_out / "scores.jsonl")]
+    assert [(c["source"] == str(teacher), c["nfe"]) for c in cards] == [(True, 1), (True, 2), (False, 1), (False, 2)]
+    assert (fid_out / "quality_vs_nfe.png").exists()
+
+
+def test_distill_bad_input_is_one_line(ddpm_run, zoom_run, student, tmp_path):
+    teacher, out = str(ddpm_run[0] / "ckpt.pt"), student[1]
+    one_line_error(*run_here("distill.py", "--steps", "1", *DISTILL, "--out", str(tmp_path / "a"), ok=False))
+    one_line_error(*run_here("distill.py", "--teacher", str(tmp_path / "none.pt"), *DISTILL, ok=False))
+    one_line_error(*run_here("distill.py", "--teacher", str(zoom_run[0] / "ckpt.pt"), *DISTILL, ok=False))
+    one_line_error(*run_here("distill.py", "--teacher", teacher, "--data", "cifar10", "--data-root", str(tmp_path),
+                             *DISTILL, ok=False))
+    for flags in (["--size", "32"], ["--preset", "small"], ["--cond"]):
+        code, log = run_here("distill.py", "--teacher", teacher, *flags, "--steps", "1", *DISTILL,
+                             "--out", str(tmp_path / "b"), ok=False)
+        one_line_error(code, log)
+        assert "teacher" in log
+    one_line_error(*run_here("train_ddpm.py", "--resume", "--out", str(out), "--steps", "9", "--device", "cpu", ok=False))
+    one_line_error(*run_here("distill.py", "--resume", "--out", str(ddpm_run[0]), "--steps", "9", *DISTILL, ok=False))
