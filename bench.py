@@ -13,7 +13,8 @@ Training rows: images/s of one optimiser step (eps-prediction MSE, AdamW, batch 
 timed steps after warm-up; achieved TFLOP/s = torch's FLOP counter for that step x steps/s, next
 to the matmul peaks measured at the start of the same run. Sampling rows: the median time of one
 network evaluation per image on a batch of 64 (sample.py's), times 1,000 x NFE; then
-the default sampler timed end to end on 1,000 images (20 with --quick).
+the default sampler and 4-step consistency sampling (a distill.py student's) timed end to end on 1,000
+images (20 with --quick), each against the time of its network calls alone.
 """
 import argparse
 import json
@@ -124,13 +125,16 @@ def run_row(row):
                 times.append(now() - t0)
         per_nfe = statistics.median(times) / b
         out["s_per_1000"] = {str(n): per_nfe * 1000 * n for n in row["nfes"]}
-        if row.get("e2e_n"):  # the default sampler end to end, its noise draws and bookkeeping included
+        if row.get("e2e_n"):  # samplers end to end, their noise draws and bookkeeping included
             from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm
             from schedules import Schedule
-            t0 = now()
-            generate_ddpm(net, Schedule.make("cosine", 1000), "eps", row["e2e_n"], device, batch=row["batch"],
-                          precision=row["precision"])
-            out["e2e"] = dict(sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, n=row["e2e_n"], seconds=now() - t0)
+            out["e2e"] = []
+            for sampler, steps in ((DEFAULT_SAMPLER, DEFAULT_STEPS), ("consistency", 4)):  # a distill.py student's
+                t0 = now()
+                generate_ddpm(net, Schedule.make("cosine", 1000), "eps", row["e2e_n"], device, sampler, steps,
+                              batch=row["batch"], precision=row["precision"])
+                out["e2e"].append(dict(sampler=sampler, steps=steps, n=row["e2e_n"], seconds=now() - t0,
+                                       nfe_seconds=per_nfe * row["e2e_n"] * steps))
     out["peak_mem_MB"] = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else
                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
@@ -246,9 +250,12 @@ def bench(args):
         print("|---|---|")
         for nfe, sec in res["s_per_1000"].items():
             print(f"| {nfe} | {sec:.1f} |")
-        e = res["e2e"]
-        print(f"\nThe default sampler end to end (`{e['sampler']}`, {e['steps']} steps, as `python sample.py` runs it, "
-              f"batch {row['batch']}): {e['seconds']:.1f} s for {e['n']:,} images.")
+        print(f"\nEnd to end, batch {row['batch']} (the default sampler as `python sample.py` runs it; consistency "
+              f"as it samples a distill.py student):\n")
+        print("| sampler | steps = NFE | seconds | images | / the time of its NFE alone |")
+        print("|---|---|---|---|---|")
+        for e in res["e2e"]:
+            print(f"| {e['sampler']} | {e['steps']} | {e['seconds']:.1f} | {e['n']:,} | {e['seconds'] / e['nfe_seconds']:.2f} |")
 
 
 if __name__ == "__main__":

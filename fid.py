@@ -164,6 +164,10 @@ def sample_jobs(args, device, precision):
                                                    ema=not args.raw, spacing=args.spacing)
                 gen_s = time.time() - t0
                 label = f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
+                if len(args.ckpt) > 1:  # name the checkpoint too: teacher and student side by side
+                    run = os.path.basename(os.path.dirname(os.path.abspath(path)))
+                    stem = os.path.splitext(os.path.basename(path))[0]
+                    label = f"{run}{'' if stem == 'ckpt' else '_' + stem}_{label}"
                 card = dict(source=path, step=ck.get("step"), epoch=ck.get("epoch"), size=ck["args"]["size"],
                             data=ck["args"]["data"], kind=ck["kind"], train=ck.get("provenance", {}),
                             train_minutes=round(ck["train_seconds"] / 60, 2) if "train_seconds" in ck else None,

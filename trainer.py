@@ -42,7 +42,7 @@ def base_parser(description):
     g.add_argument("--lr", type=POSITIVE, default=None, help="learning rate (default: the preset's, 1e-3 for small)")
     g.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "nadam", "sgd"])
     g.add_argument("--weight-decay", type=NONNEG, default=0.0)
-    g.add_argument("--warmup", type=NONNEG_INT, default=100, help="linear lr warm-up steps (default 100)")
+    g.add_argument("--warmup", type=NONNEG_INT, default=100, help="linear lr warm-up steps (default %(default)s)")
     g.add_argument("--cooldown", type=FRACTION, default=0.0,
                    help="decay the lr linearly to 0 over this last share of the budget (of --steps/--epochs, or of "
                         "this session's --minutes): warm-up, stable, decay (0: constant lr; default 0)")

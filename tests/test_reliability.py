@@ -149,7 +149,8 @@ def test_ddp_worker_death_is_reported_and_resumable(tmp_path):
 @pytest.mark.slow
 def test_bench_table_and_anchor_rows_skip_when_absent():
     """bench.py end to end on tiny settings: a markdown row per native precision (the others listed as
-    skipped), a sampling table, and the anchor rows either measured or skipped with the reason."""
+    skipped), a sampling table with the default and consistency samplers end to end, and the anchor rows
+    either measured or skipped with the reason."""
     from machine import native_precisions
     native = native_precisions(torch.device("cpu"))
     code, out = run("bench.py", "--quick", "--seconds", "0.05", "--models", "tiny,lucidrains-unet64",
@@ -161,8 +162,10 @@ def test_bench_table_and_anchor_rows_skip_when_absent():
     anchor = [line for line in out.splitlines() if line.startswith("| lucidrains-unet64 |")]
     assert len(anchor) == len(native) and all("not installed" in r or float(r.split("|")[8]) > 0 for r in anchor), out
     assert "| 1000 |" in out and "Sampling 1,000 1x28 images with the `tiny` preset" in out
-    assert f"The default sampler end to end (`{DEFAULT_SAMPLER}`, {DEFAULT_STEPS} steps" in out
-    assert float(out.split("batch 4): ")[1].split(" s for 20 images")[0]) > 0, out
+    assert "End to end, batch 4" in out, out
+    for sampler, steps in ((DEFAULT_SAMPLER, DEFAULT_STEPS), ("consistency", 4)):
+        cells = [c.strip() for c in out.split(f"| {sampler} | {steps} |")[1].splitlines()[0].split("|")]
+        assert float(cells[0]) > 0 and cells[1] == "20" and float(cells[2]) > 0, out
     one_line_error(*run("bench.py", "--precisions", "fp16", ok=False))  # fp16 needs CUDA
 
 
