@@ -94,6 +94,7 @@ def test_fid_sweeps_teacher_and_student_into_one_plot(student, tmp_path):
                          "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--out", str(fid_out))
     cards = [json.loads(line) for line in open(fid_out / "scores.jsonl")]
     assert [(c["source"] == str(teacher), c["nfe"]) for c in cards] == [(True, 1), (True, 2), (False, 1), (False, 2)]
+    assert [c["kind"] for c in cards] == ["ddpm", "ddpm", "consistency", "consistency"]  # the results page says which
     assert (fid_out / "quality_vs_nfe.png").exists()
 
 
