@@ -255,7 +255,8 @@ def bench(args):
         print("| sampler | steps = NFE | seconds | images | / the time of its NFE alone |")
         print("|---|---|---|---|---|")
         for e in res["e2e"]:
-            print(f"| {e['sampler']} | {e['steps']} | {e['seconds']:.1f} | {e['n']:,} | {e['seconds'] / e['nfe_seconds']:.2f} |")
+            ratio = e["seconds"] / e["nfe_seconds"]
+            print(f"| {e['sampler']} | {e['steps']} | {e['seconds']:.1f} | {e['n']:,} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

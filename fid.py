@@ -60,7 +60,8 @@ def main():
                    "sample.py's); zoom: naive (default), improved")
     g.add_argument("--steps", type=POSITIVE_INT, default=None, help="DDPM sampling steps (default: sample.py's)")
     g.add_argument("--spacing", default=None, help="uniform or karras (default: the sampler's own, see sample.py)")
-    g.add_argument("--sweep-steps", default=None, help="comma-separated step counts: a FID-vs-NFE table and quality_vs_nfe.png")
+    g.add_argument("--sweep-steps", default=None,
+                   help="comma-separated step counts: a FID-vs-NFE table and quality_vs_nfe.png")
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
     g.add_argument("--eta", type=NONNEG, default=0.0)
     g.add_argument("--cfg", type=FINITE, default=None)

@@ -147,7 +147,8 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
     sched = schedule_of(ck)
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
                       precision, progress=progress, snapshots=snapshots, spacing=spacing)
-    nfe = len(sampler_timesteps(sched, sampler, steps, spacing)) * (2 if cfg is not None and labels is not None and cfg != 1 else 1)
+    guided = cfg is not None and labels is not None and cfg != 1  # two network calls per step
+    nfe = len(sampler_timesteps(sched, sampler, steps, spacing)) * (2 if guided else 1)
     return x, dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, cfg=cfg, nfe=nfe)
 
 

@@ -17,9 +17,10 @@ DISTILL = ["--n", "4", "--log-every", "1", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def student(ddpm_run, tmp_path_factory):
-    """(teacher ckpt, student run folder): 3 distillation steps of the session's maps 16 px DDPM."""
+    """(teacher ckpt, student run folder): 3 consistency-distillation steps (teacher calls) of the session's maps
+    16 px DDPM."""
     teacher, out = ddpm_run[0] / "ckpt.pt", tmp_path_factory.mktemp("student") / "run"
-    run_here("distill.py", "--teacher", str(teacher), "--steps", "3", *DISTILL, "--out", str(out))
+    run_here("distill.py", "--teacher", str(teacher), "--target", "teacher", "--steps", "3", *DISTILL, "--out", str(out))
     return teacher, out
 
 
@@ -30,7 +31,7 @@ def test_a_student_starts_as_its_teacher_with_its_flags(ddpm_run):
     args, _ = parse_args(obj, ["--teacher", teacher, "--device", "cpu"])
     for k in ("data", "size", "preset", "batch", "n_maps", "cond"):
         assert getattr(args, k) == t["args"][k], k
-    assert args.lr == pytest.approx(t["args"]["lr"] / 5) and args.target == "teacher"
+    assert args.lr == pytest.approx(t["args"]["lr"] / 5) and args.target == "data"
     data = data_from_args(args)
     kw = obj.setup(args, data)
     assert (args.pred, args.schedule, args.T) == (t["args"]["pred"], t["args"]["schedule"], t["args"]["T"])
@@ -72,8 +73,8 @@ def test_distill_trains_samples_with_its_own_steps_and_resumes(student, tmp_path
 
 
 def test_consistency_training_and_a_conditional_learned_variance_teacher(cond_run, tmp_path):
-    """--target data needs no teacher calls; a class-conditional teacher with learned variance distils, and its
-    student samples every class and takes --cfg."""
+    """--target data (the default) needs no teacher calls; a class-conditional teacher with learned variance
+    distils, and its student samples every class and takes --cfg."""
     teacher = str(cond_run[0] / "ckpt.pt")
     out = tmp_path / "ct"
     run_here("distill.py", "--teacher", teacher, "--target", "data", "--steps", "2", *DISTILL, "--out", str(out))
