@@ -5,6 +5,7 @@
     python bench.py --precisions fp32,bf16   # also time precisions the machine only emulates
     python bench.py --compile            # add torch.compile rows (slow to compile on CPU)
     python bench.py --device cuda:0      # the same table on a GPU
+    python bench.py --cards results/speed.jsonl   # also as cards for the results page (plots.py results)
     pip install diffusers denoising-diffusion-pytorch   # adds the anchor rows, timed the same way
 
 Precisions: by default the ones the machine runs natively (machine.py: bf16 only on CPUs with AMX or
@@ -18,6 +19,7 @@ images (20 with --quick), each against the time of its network calls alone.
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -27,8 +29,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cli import POSITIVE, POSITIVE_INT, PRECISIONS, Parser, UserError, resolve_device, run_cli
-from machine import autocast, describe, native_precisions, set_threads, setup_device
+from cli import POSITIVE, POSITIVE_INT, PRECISIONS, Parser, UserError, ensure_writable, resolve_device, run_cli
+from machine import autocast, describe, native_precisions, provenance, set_threads, setup_device
 from generate import sample_batch
 
 
@@ -188,6 +190,8 @@ def main():
     p.add_argument("--models", default=None, help="comma-separated subset of rows by model, e.g. small,lucidrains-unet64")
     p.add_argument("--sample-batch", type=POSITIVE_INT, default=None,
                    help="batch for the sampling row (default: sample.py's for the device)")
+    p.add_argument("--cards", default=None, metavar="FILE",
+                   help="also append each measured row as a speed card (one JSON line) to FILE, for plots.py results")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row in this process
     args = p.parse_args()
     if args.row:
@@ -210,9 +214,12 @@ def bench(args):
     if bad:
         raise UserError(f"--precisions {','.join(bad)}: choose from {', '.join(native)} on {device}"
                         f"{' (fp16 needs CUDA)' if device.type != 'cuda' else ''}")
+    if args.cards:
+        ensure_writable(os.path.dirname(os.path.abspath(args.cards)), "--cards")
     set_threads()
     setup_device(device)
     print(describe(device, precisions[0]) + f"; torch {torch.__version__}")
+    where = dict(provenance(device), torch=torch.__version__)
     peaks = {q: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[q], device)
              for q in precisions}
     print("matmul peaks: " + ", ".join(f"{q} {v:.2f} TFLOP/s" for q, v in peaks.items()))
@@ -232,6 +239,9 @@ def bench(args):
             res = json.loads(r.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
             res = {"skipped": f"failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:80]}"}
+        if args.cards and "skipped" not in res:
+            with open(args.cards, "a") as f:
+                f.write(json.dumps(dict(type="speed", **row, **res, matmul_peak_tflops=peaks[row["precision"]], **where)) + "\n")
         name = f"{row['model']} | {row['channels']}x{row['size']} | {row['precision']} | {row['channels_last']} | {row['compile']}"
         if "skipped" in res:
             print(f"| {name} | {res['skipped']} |||||")

@@ -86,10 +86,7 @@ def pytorch_fid_difference(inc, images):
     renamed to pytorch-fid's layout, under the file name pytorch-fid asks for, so its own code builds the
     network and preprocesses the images. Equal features prove the weights and preprocessing are pytorch-fid's.
     Needs the pytorch-fid package."""
-    try:
-        import pytorch_fid.inception as pf
-    except ImportError:
-        raise UserError("the check needs pytorch-fid's architecture: pip install pytorch-fid")
+    pf = _pytorch_fid()
     old_hub = torch.hub.get_dir()
     with tempfile.TemporaryDirectory() as hub:
         os.makedirs(os.path.join(hub, "checkpoints"))
@@ -104,6 +101,58 @@ def pytorch_fid_difference(inc, images):
         theirs = torch.cat([net(rgb[i:i + 50].float() / 255)[0].flatten(1) for i in range(0, len(rgb), 50)])
     ours, _ = inc(images, progress=False)
     return float(np.abs(ours - theirs.numpy()).max())
+
+
+# pytorch-fid's weights (its FID_WEIGHTS_URL). torch.hub checks only the 8 hex digits in the name; the full
+# sha256 is the one torch-fidelity's mirror of the same file and other public pipelines record.
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+FINGERPRINTED = ("conv.weight", "bn.bias", "bn.running_mean", "bn.running_var")  # what both files hold
+
+
+def weights_fingerprint(state_dict):
+    """sha256 over the FID Inception's weights in pytorch-fid's names: every conv weight and batch-norm
+    bias, mean and var, in name order, as little-endian float32. Equal fingerprints = equal weights,
+    whatever file format holds them."""
+    h = hashlib.sha256()
+    for k in sorted(k for k in state_dict if k.endswith(FINGERPRINTED)):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().float().contiguous().numpy().astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+def _pytorch_fid():
+    try:
+        import pytorch_fid.inception as pf
+    except ImportError:
+        raise UserError("the check needs pytorch-fid's architecture: pip install pytorch-fid")
+    return pf
+
+
+def inception_fingerprint(inc):
+    """weights_fingerprint of `inc`'s weights, renamed to pytorch-fid's layout (needs pytorch-fid)."""
+    return weights_fingerprint(_in_pytorch_fid_layout(inc, _pytorch_fid()))
+
+
+def compare_with_pytorch_fid_file(inc, pth):
+    """`inc`'s weights against pytorch-fid's own weights file (pt_inception-2015-12-05-6726825d.pth, as
+    pytorch-fid downloads it): the file's sha256 against the release's, both fingerprints, and the tensors
+    that differ. Needs the pytorch-fid package (for its layout)."""
+    pf = _pytorch_fid()
+    try:
+        theirs = torch.load(pth, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
+        raise UserError(f"--pytorch-fid-weights {pth}: not a readable state dict ({str(e).splitlines()[0][:80]})")
+    ours = _in_pytorch_fid_layout(inc, pf)
+    keys = [k for k in ours if k.endswith(FINGERPRINTED)]
+    missing = [k for k in keys if k not in theirs]
+    differ = [k for k in keys if k in theirs and (theirs[k].shape != ours[k].shape or
+                                                  not torch.equal(theirs[k].float(), ours[k].float()))]
+    gammas = [v for k, v in theirs.items() if k.endswith("bn.weight")]  # the TorchScript folds none: must be 1
+    file_sha = sha256_file(pth)
+    return dict(file_sha256=file_sha, release_hash=file_sha == PYTORCH_FID_SHA256,
+                ours=weights_fingerprint(ours), theirs=weights_fingerprint(theirs), tensors=len(keys),
+                missing=missing, differ=differ, gammas_one=all(bool((g == 1).all()) for g in gammas))
 
 
 def _in_pytorch_fid_layout(inc, pf):

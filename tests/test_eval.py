@@ -125,6 +125,50 @@ def test_fid_check_inception_cli(tmp_path):
     assert code == 0 and diff < 1e-4, log
 
 
+def test_copy_stats_finds_copies_and_only_them():
+    """Samples that are training images are all copies at distance 0; fresh images from the same
+    distribution as the held-out ones are copies about as often as the quantile says; an image near many
+    training images at once (a common shape) is no copy."""
+    from metrics import copy_stats, nearest_distance
+    g = torch.Generator().manual_seed(0)
+    draw = lambda n: torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8)  # noqa: E731
+    train, heldout = draw(500), draw(400)
+    d, idx = nearest_distance(train[[7, 3]], train)
+    assert idx.tolist() == [7, 3] and d[:, 0].max() < 1e-3 < d[:, 1].min()
+    x = draw(2).float()
+    d, _ = nearest_distance(x[:1].to(torch.uint8), x[1:].to(torch.uint8))
+    assert abs(d.item() - ((x[0] - x[1]) / 255).pow(2).mean().sqrt().item()) < 1e-4  # RMS on the [0, 1] scale
+    stats, _, _ = copy_stats(train[:100], heldout, train)
+    assert stats["copy_share"] == 1 and stats["nn_median"] < 1e-3 < stats["nn_median_heldout"]
+    stats, _, _ = copy_stats(draw(1000), heldout, train, quantile=0.05)
+    assert 0.01 < stats["copy_share"] < 0.12, stats
+    assert abs(stats["nn_median"] - stats["nn_median_heldout"]) < 0.01
+    common = train[:1].repeat(20, 1, 1, 1)  # twenty training images alike: near, but no copy of any one
+    stats, _, _ = copy_stats(common[:5], heldout, torch.cat([common, train[1:]]))
+    assert stats["nn_median"] < 1e-3 and stats["copy_share"] == 0, stats
+
+
+def test_weights_pinned_to_pytorch_fid_file(tmp_path):
+    """`--check-inception --pytorch-fid-weights FILE` compares every tensor with pytorch-fid's own weights
+    file: a file holding the same tensors passes (not the release's bytes, which it says), one changed
+    value in one tensor fails with exit 1, naming it. (pytorch-fid's file itself needs a download.)"""
+    inc = inception_or_skip()
+    pf = pytest.importorskip("pytorch_fid.inception")
+    from features import _in_pytorch_fid_layout, compare_with_pytorch_fid_file, inception_fingerprint
+    sd = _in_pytorch_fid_layout(inc, pf)
+    torch.save(sd, tmp_path / "same.pth")
+    r = compare_with_pytorch_fid_file(inc, str(tmp_path / "same.pth"))
+    assert r["ours"] == r["theirs"] == inception_fingerprint(inc) and r["tensors"] == 376
+    assert not r["differ"] and not r["missing"] and r["gammas_one"] and not r["release_hash"]
+    key = "Mixed_6b.branch1x1.conv.weight"
+    sd[key] = sd[key].clone()
+    sd[key][0, 0, 0, 0] += 1e-6
+    torch.save(sd, tmp_path / "changed.pth")
+    code, log = run_here("fid.py", "--check-inception", "--pytorch-fid-weights", str(tmp_path / "changed.pth"), ok=False)
+    assert code == 1 and f"1 differ (first: {key})" in log, log
+    one_line_error(*run_here("fid.py", "--check-inception", "--pytorch-fid-weights", str(tmp_path / "none.pth"), ok=False))
+
+
 def make_inception_fixture():
     """python -c 'import test_smoke as t; t.make_inception_fixture()' (once, after checking equality)."""
     inc = inception_or_skip()
@@ -173,9 +217,12 @@ def test_fid_cli_checkpoint_sweep_and_samples(ddpm_run, tmp_path):
     run_here("sample.py", "--ckpt", str(run_dir / "ckpt.pt"), "--n", "6", "--steps", "2", "--out", str(tmp_path / "s"),
              "--device", "cpu")
     code, log = run_here("fid.py", "--samples", str(tmp_path / "s"), "--ref", "maps:test", "--n-ref", "6",
-                         "--metrics", "fid", "--cache-dir", str(cache))
+                         "--metrics", "fid,copies", "--cache-dir", str(cache))
     card = json.loads(open(tmp_path / "s" / "scores.jsonl").read())
     assert card["source"] == str(tmp_path / "s") and card["n"] == 6 and "kid" not in card
+    assert card["train_ref"] == "maps:train" and 0 <= card["copy_share"] <= 1 and card["nn_median_heldout"] > 0
+    assert "ratio" in card["copy_rule"] and "heldout_in_train" not in card
+    assert os.path.isfile(card["copies_grid"]) and "copies " in log, log
     code, page = run_here("plots.py", "results", str(out / "scores.jsonl"), str(tmp_path / "s" / "scores.jsonl"))
     rows = [line for line in page.splitlines() if line.startswith("| ddpm on maps") or line.startswith("| " + str(tmp_path))]
     assert len(rows) == 3 and "## against maps:test" in page, page
@@ -189,6 +236,8 @@ def test_fid_cli_checkpoint_sweep_and_samples(ddpm_run, tmp_path):
     one_line_error(*run_here("plots.py", "results", str(tmp_path / "bad.jsonl"), ok=False))
     one_line_error(*run_here("fid.py", "--samples", str(tmp_path / "nowhere"), "--ref", "maps:test", ok=False))
     one_line_error(*run_here("fid.py", "--ckpt", str(run_dir / "ckpt.pt"), "--floor", "noise", ok=False))
+    one_line_error(*run_here("fid.py", "--samples", str(tmp_path / "s"), "--ref", "maps:train", "--metrics", "copies",
+                             ok=False))  # the copy check needs held-out images as its scale
     one_line_error(*run_here("fid.py", "--floor", "noise", "--ref", "mnist:test", "--data-root", str(tmp_path), ok=False))
 
 

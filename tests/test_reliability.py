@@ -1,4 +1,5 @@
 """Faults: kill -9, Ctrl-C, a dying DDP worker, the bench, the machine's precision decision."""
+import json
 import os
 import subprocess
 import sys
@@ -147,14 +148,15 @@ def test_ddp_worker_death_is_reported_and_resumable(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_table_and_anchor_rows_skip_when_absent():
+def test_bench_table_and_anchor_rows_skip_when_absent(tmp_path):
     """bench.py end to end on tiny settings: a markdown row per native precision (the others listed as
     skipped), a sampling table with the default and consistency samplers end to end, and the anchor rows
-    either measured or skipped with the reason."""
+    either measured or skipped with the reason; --cards keeps every measured row for the results page."""
     from machine import native_precisions
     native = native_precisions(torch.device("cpu"))
+    cards = tmp_path / "speed.jsonl"
     code, out = run("bench.py", "--quick", "--seconds", "0.05", "--models", "tiny,lucidrains-unet64",
-                    "--sample-batch", "4")
+                    "--sample-batch", "4", "--cards", str(cards))
     assert "matmul peaks: " in out and out.startswith("machine: ")
     rows = [line for line in out.splitlines() if line.startswith("| tiny | 1x28 |")]
     assert [r.split("|")[3].strip() for r in rows] == native and all(float(r.split("|")[8]) > 0 for r in rows), out
@@ -166,6 +168,14 @@ def test_bench_table_and_anchor_rows_skip_when_absent():
     for sampler, steps in ((DEFAULT_SAMPLER, DEFAULT_STEPS), ("consistency", 4)):
         cells = [c.strip() for c in out.split(f"| {sampler} | {steps} |")[1].splitlines()[0].split("|")]
         assert float(cells[0]) > 0 and cells[1] == "20" and float(cells[2]) > 0, out
+    speed = [json.loads(line) for line in open(cards)]
+    assert {c["task"] for c in speed} == {"train", "sample"} and all(c["type"] == "speed" for c in speed)
+    assert len([c for c in speed if c["model"] == "tiny"]) == len(native) + 1  # + the sampling row
+    _, page = run("plots.py", "results", str(cards))
+    rows = [line for line in page.splitlines() if line.startswith("| train: ") or line.startswith("| sample: ")]
+    assert "## Speed" in page and len(rows) == len(speed), page
+    assert all(speed[0]["machine"] in r and speed[0]["commit"] in r and "python bench.py" in r for r in rows), rows
+    assert "consistency 4 steps end to end" in page and "img/s" in page, page
     one_line_error(*run("bench.py", "--precisions", "fp16", ok=False))  # fp16 needs CUDA
 
 
