@@ -58,8 +58,8 @@ def main():
     p.add_argument("--n-ref", type=POSITIVE_INT, default=10000, help="reference images (a fixed subset when the split is larger)")
     p.add_argument("--size", type=POSITIVE_INT, default=None, help="image size for --floor (default: the dataset's)")
     p.add_argument("--metrics", default="fid,kid,pr", help="any of fid, kid, pr (precision/recall, k=3), copies "
-                   "(memorisation: each sample's pixel distance to its nearest --train-ref image, against held-out "
-                   "--ref images' distances; writes copies_LABEL.png)")
+                   "(memorisation: the share of samples far nearer to one --train-ref image than to the next, against "
+                   "held-out --ref images; writes copies_LABEL.png)")
     p.add_argument("--train-ref", default=None, help="the training split for --metrics copies (default: --ref's "
                                                      "dataset, train split; coffee: folds 1-4)")
     g = p.add_argument_group("sampling (with --ckpt)")

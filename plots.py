@@ -243,7 +243,11 @@ def results_page(files):
                 "and sampling time for 1,000 images, from the time of one network call and end to end.", "",
                 "| measured | result | peak MB | machine | date | commit | command |", "|---|---|---|---|---|---|---|"]
         for c in speed:
-            out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in _speed_cell(c)) + " |")
+            try:
+                cells = _speed_cell(c)
+            except (KeyError, TypeError, AttributeError):
+                raise UserError(f"a speed card lacks what bench.py --cards writes ({json.dumps(c)[:80]}…); rerun bench.py")
+            out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |")
         out.append("")
     return "\n".join(out)
 

@@ -176,6 +176,8 @@ def test_bench_table_and_anchor_rows_skip_when_absent(tmp_path):
     assert "## Speed" in page and len(rows) == len(speed), page
     assert all(speed[0]["machine"] in r and speed[0]["commit"] in r and "python bench.py" in r for r in rows), rows
     assert "consistency 4 steps end to end" in page and "img/s" in page, page
+    (tmp_path / "bad.jsonl").write_text('{"type": "speed", "task": "train"}\n')
+    one_line_error(*run("plots.py", "results", str(tmp_path / "bad.jsonl"), ok=False))
     one_line_error(*run("bench.py", "--precisions", "fp16", ok=False))  # fp16 needs CUDA
 
 
