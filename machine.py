@@ -55,6 +55,11 @@ def cuda_bf16(device):
         return torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def fp32_only_cpu(device):
+    """True when `device` (a name like 'cpu' or 'cuda:0') is a CPU that runs fp32 only at full speed."""
+    return str(device).split(":")[0] == "cpu" and not cpu_bf16()[0]
+
+
 def native_precisions(device):
     """The precisions this device runs at full speed, fastest first."""
     if device.type == "cuda":

@@ -10,6 +10,7 @@ from cli import NONNEG, POSITIVE, POSITIVE_INT, UserError
 from data import to_model
 from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm, generate_zoom
 from losses import consistency_level, diffusion_loss, pseudo_huber, restoration_loss
+from machine import fp32_only_cpu
 from recipes import data_defaults
 from samplers import SAMPLERS
 from schedules import PREDICTIONS, Schedule, zoom_degrade
@@ -25,8 +26,8 @@ class Objective(Protocol):
 
     def defaults(self, known) -> dict:
         """Flag defaults that follow other flags (`known`: a first parse of the command line): the data's
-        entry in recipes.py."""
-        return data_defaults(self.kind, known.data)
+        entry in recipes.py, for the machine that --device names."""
+        return data_defaults(self.kind, known.data, fp32_cpu=fp32_only_cpu(known.device))
 
     def init_model(self, model) -> None:
         """Sees the network once built and on its device, before a new run starts or a checkpoint is resumed
@@ -189,7 +190,8 @@ class Consistency(Objective):
     run_name = "consistency"
     frozen_args = ("teacher", "target", "halvings", "huber_c", "sample_steps")
     # What a student takes from its teacher unless typed: the data, the network, the batch.
-    TEACHER_FLAGS = ("data", "data_root", "size", "folds", "n_maps", "preset", "ch", "cond", "label_drop", "batch")
+    TEACHER_FLAGS = ("data", "data_root", "size", "folds", "n_maps", "preset", "ch", "blocks", "patch_from", "cond",
+                     "label_drop", "batch")
     description = """Distil a DDPM checkpoint of this project into a few-step consistency model.
 
     python distill.py --teacher runs/ddpm_mnist28/ckpt.pt --minutes 20

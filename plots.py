@@ -136,7 +136,10 @@ def scores_figure(cards, x="nfe", metric="fd", where="the cards"):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key)
     ax.set_xlabel({"nfe": "network evaluations (NFE)", "step": "training step",
                    "train_minutes": "training minutes"}.get(x, x))
-    ax.set_ylabel({"fd": "Fréchet distance (FID with inception)"}.get(metric, metric))
+    extractors = {c.get("extractor") for c in cards if metric in c}
+    ax.set_ylabel({"fd": "Fréchet distance" + (" (FID)" if extractors == {"inception"} else
+                                                " (classifier features)" if extractors == {"classifier"} else "")
+                   }.get(metric, metric))
     if x == "nfe":
         ax.set_xscale("log")
     ax.legend(fontsize=7)

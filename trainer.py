@@ -34,7 +34,12 @@ def base_parser(description):
     add_run_args(p, "run folder (default runs/<kind>_<data><size>, a new one if it exists; with --resume the one to continue)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--preset", default="small", choices=list(PRESETS), help="UNet size (default small)")
-    g.add_argument("--ch", type=POSITIVE_INT, default=None, help="override the preset's base width")
+    g.add_argument("--ch", type=POSITIVE_INT, default=None,
+                   help="override the preset's base width (default: the preset's, or recipes.py's for --data)")
+    g.add_argument("--blocks", type=POSITIVE_INT, default=None,
+                   help="override the preset's res blocks per level (default: the preset's, or recipes.py's for --data)")
+    g.add_argument("--patch-from", type=NONNEG_INT, default=None,
+                   help="override the preset's patching: images this many px or larger enter as 2x2 patches (0: never)")
     g.add_argument("--cond", action=argparse.BooleanOptionalAction, default=False,
                    help="class-conditional (labelled data), label drop for CFG (default: off; on for mnist, see recipes.py)")
     g.add_argument("--label-drop", type=FRACTION, default=0.1, help="with --cond: share of labels replaced by null")
@@ -298,7 +303,8 @@ class Run:
             f"{'%d classes' % data.num_classes if args.cond else 'unconditional'}")
         torch.manual_seed(args.seed)  # the initial weights, and dropout's draws
         model = build_unet(args.preset, data.channels, data.size, num_classes=data.num_classes if args.cond else 0,
-                           ch=args.ch, **model_kwargs).to(device)
+                           ch=args.ch, blocks=args.blocks,
+                           patch_from=args.patch_from, **model_kwargs).to(device)
         objective.init_model(model)
         log(describe_unet(model, args.preset))
         return cls(objective, args, model, data, device, precision, world, rank, resume_ck, fingerprint, log)

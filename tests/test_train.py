@@ -78,6 +78,21 @@ def test_checkpoints_kept_at_training_minutes_carry_their_time(tmp_path):
     assert 0 < first < ck["train_seconds"] and ck["provenance"]["command"].startswith("python train_ddpm.py")
 
 
+def test_width_depth_and_patching_overrides_build_and_survive_resume(tmp_path):
+    """--ch, --blocks and --patch-from change single fields of the preset; a resumed run keeps them and
+    refuses a contradicting value in one line."""
+    out = tmp_path / "run"
+    run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--sample-every", "0", "--ch", "24",
+             "--blocks", "2", "--patch-from", "16", "--out", str(out))
+    cfg = torch.load(out / "ckpt.pt", weights_only=True)["model_config"]
+    assert (cfg["ch"], cfg["blocks"], cfg["patch_from"]) == (24, 2, 16)
+    run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "3", "--resume", "--out", str(out))
+    assert torch.load(out / "ckpt.pt", weights_only=True)["model_config"] == cfg
+    code, log = run_here("train_ddpm.py", "--resume", "--out", str(out), "--blocks", "1", ok=False)
+    one_line_error(code, log)
+    assert "--blocks 1 contradicts" in log
+
+
 def _states(path):
     ck = torch.load(path, weights_only=True)
     return ck["model"], ck["ema"], ck["optimizer"]["state"]
@@ -242,11 +257,19 @@ def test_main_job_defaults_are_maps_small_15_minutes():
     assert (a.pred, a.min_snr, a.cond) == ("v", 5.0, False)
 
 
-def test_data_chooses_its_defaults_and_the_command_line_overrides_them():
+def test_data_chooses_its_defaults_and_the_command_line_overrides_them(monkeypatch):
+    import machine
     from objectives import DDPM, ColdZoom
-    from recipes import DATA_DEFAULTS
+    from recipes import DATA_DEFAULTS, FP32_CPU_DEFAULTS
     from trainer import parse_args
     assert DATA_DEFAULTS["ddpm"]["mnist"] == {"cond": True}
+    # The machine's entry: a CPU without fast bf16 trains the cheaper MNIST network; bf16 CPUs and GPUs the preset's.
+    monkeypatch.setattr(machine, "cpu_bf16", lambda: (False, "test"))
+    assert parse_args(DDPM(), ["--data", "mnist"])[0].blocks == FP32_CPU_DEFAULTS["ddpm"]["mnist"]["blocks"] == 1
+    assert parse_args(DDPM(), ["--data", "mnist", "--blocks", "2"])[0].blocks == 2
+    assert parse_args(DDPM(), ["--data", "cifar10"])[0].blocks is None
+    monkeypatch.setattr(machine, "cpu_bf16", lambda: (True, "test"))
+    assert parse_args(DDPM(), ["--data", "mnist"])[0].blocks is None
     args, typed = parse_args(DDPM(), ["--data", "mnist"])
     assert args.cond and "cond" not in typed  # a default, so --resume takes the checkpoint's
     args, typed = parse_args(DDPM(), ["--data", "mnist", "--no-cond", "--pred", "eps"])
