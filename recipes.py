@@ -10,10 +10,10 @@ DATA_DEFAULTS = {
     },
 }
 
-# On a CPU without fast bf16 (fp32 kernels, e.g. AVX2 only) a training minute buys about a third of the
-# steps it buys with AMX/AVX512-bf16, and there a cheaper network that takes more steps in the budget wins:
-# on MNIST one res block per level (40 img/s against 28) beat the preset's two at 5, 10 and 20 minutes,
-# and beat a narrower ch 24 at 10 and 20 (RESULTS.md, the mnist rows of the AVX2 CPU).
+# On a CPU without fast bf16 (fp32 kernels, e.g. AVX2 only) a training minute buys about 3.5 times fewer
+# steps than with AVX512-bf16, and there a cheaper network that takes more steps in the budget wins: on
+# MNIST one res block per level (747 steps against 520 in 10 minutes) beat the preset's two at 5 and 10
+# minutes, and beat a narrower ch 24 at 20 (RESULTS.md, the mnist rows of the AVX2 CPU).
 FP32_CPU_DEFAULTS = {
     "ddpm": {
         "mnist": dict(blocks=1),
