@@ -162,8 +162,9 @@ def plot_pixels(args):
     return fig
 
 
-def _cell(c):
-    """One results row from a score card."""
+def _cell(c, latest=True):
+    """One results row from a score card; latest: the card scored its checkpoint file as it is now (a run's
+    picture is drawn from the file, so a card of the same file before a resume gets none)."""
     what = c.get("source", "?")
     if c.get("kind"):
         minutes = f", {c['train_minutes']:.0f} min" if c.get("train_minutes") else ""
@@ -174,7 +175,7 @@ def _cell(c):
         parts = parts[parts.index("runs") + 1:] if "runs" in parts else parts[-2:]
         grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + ".jpg")
         what = (f"{c['kind']} on {c.get('data', '?')}, step {c.get('step')}{minutes} ({run})"
-                + (f" [samples]({grid})" if os.path.isfile(grid) else ""))
+                + (f" [samples]({grid})" if latest and os.path.isfile(grid) else ""))
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"
            + ("" if c.get("ema", True) else " · raw")
            + (f" · {c['gen_seconds']:.0f} s" if c.get("gen_seconds") else "") if c.get("nfe") else "–")
@@ -236,10 +237,14 @@ def results_page(files):
            "real images (≈ 0.01 when nothing is copied), then the median nearest distances of the images and of the "
            "held-out images. Look at the samples too: "
            "a lower FD is not always the better picture.", ""]
+    last_step = {}  # each checkpoint file's newest scored step: older cards of it came before a resume
+    for c in (c for cards in groups.values() for c in cards if c.get("kind")):
+        last_step[c.get("source")] = max(last_step.get(c.get("source"), -1), c.get("step") or 0)
     for ref, cards in sorted(groups.items()):
         out += [f"## against {ref}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in sorted(cards, key=lambda c: (c.get("extractor", ""), c.get("n", 0), c.get("fd", 0))):
-            out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in _cell(c)) + " |")
+            cells = _cell(c, latest=(c.get("step") or 0) == last_step.get(c.get("source"), 0))
+            out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |")
         out.append("")
     if speed:
         out += ["## Speed", "", "`bench.py --cards` rows: a training step's images/s (batch 32, median after warm-up) "
