@@ -8,10 +8,13 @@ data and for the same wall-clock budget, then sampled to a samples.npz that fid.
 
 Its recipe, as in its README and Trainer: Unet(dim=32, dim_mults=(1, 2, 4)) (--dim-mults 1,2,4,8 for
 64 px), GaussianDiffusion with T=1000 and DDIM sampling (--steps, 50), Adam lr 8e-5 betas (0.9, 0.99),
-batch 32, grad-norm clip 1, EMA 0.995 every 10 steps (ema-pytorch), fp32. Data come from our loaders
+batch 32, grad-norm clip 1, EMA 0.995 every 10 steps (ema-pytorch), fp32. Both weights are sampled: the
+EMA's to samples.npz and the raw ones to samples_raw.npz (an EMA whose horizon is ~2,000 steps averages
+most of a short run). anchor.json says what trained them; fid.py puts it on the samples' score cards. Data come from our loaders
 (decoded once, our per-dataset flips: none for digits), so the comparison is about the model and recipe, not the I/O.
 """
 import argparse
+import json
 import os
 import time
 
@@ -20,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from cli import NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, run_cli
-from machine import set_threads
+from machine import provenance, set_threads
 from data import add_data_args, augment_batch, data_from_args, to_uint8
 
 
@@ -34,9 +37,12 @@ def main():
     p.add_argument("--batch", type=POSITIVE_INT, default=32)
     p.add_argument("--steps", type=POSITIVE_INT, default=50, help="DDIM sampling steps")
     p.add_argument("--n", type=POSITIVE_INT, default=2000, help="images to sample")
+    p.add_argument("--weights", default="ema,raw", help="which weights to sample: ema, raw or ema,raw")
     p.add_argument("--out", default=None, help="default runs/anchor_lucidrains_<data><size>")
     p.add_argument("--seed", type=NONNEG_INT, default=0)
     args = p.parse_args()
+    if not args.weights or set(args.weights.split(",")) - {"ema", "raw"}:
+        p.error(f"--weights {args.weights}: use ema, raw or ema,raw")
     run_cli(lambda: _main(args))
 
 
@@ -75,14 +81,19 @@ def _main(args):
     train_s = time.time() - t0
     print(f"trained {step} steps ({step * args.batch} images) in {train_s:.0f} s: "
           f"{step * args.batch / train_s:.1f} img/s")
-    t0 = time.time()
-    model, images = ema.ema_model.eval(), []
-    with torch.no_grad():
-        for i in tqdm(range(0, args.n, 250), desc=f"sampling (DDIM {args.steps})", unit="batch"):
-            images.append(model.sample(batch_size=min(250, args.n - i)) * 2 - 1)  # [0, 1] -> our [-1, 1]
-    u8 = to_uint8(torch.cat(images))
-    np.savez_compressed(os.path.join(out, "samples.npz"), images=u8.permute(0, 2, 3, 1).numpy())
-    print(f"{args.n} images in {time.time() - t0:.0f} s -> {out}/samples.npz (score with fid.py --samples)")
+    with open(os.path.join(out, "anchor.json"), "w") as f:
+        json.dump(dict(provenance(torch.device("cpu")), args=vars(args), step=step, train_seconds=round(train_s, 1),
+                       img_per_s=round(step * args.batch / train_s, 2)), f, indent=1)
+    for which in args.weights.split(","):
+        model = (ema.ema_model if which == "ema" else diffusion).eval()
+        t0, images = time.time(), []
+        with torch.no_grad():
+            for i in tqdm(range(0, args.n, 250), desc=f"sampling {which} weights (DDIM {args.steps})", unit="batch"):
+                images.append(model.sample(batch_size=min(250, args.n - i)) * 2 - 1)  # [0, 1] -> our [-1, 1]
+        u8 = to_uint8(torch.cat(images))
+        path = os.path.join(out, "samples.npz" if which == "ema" else "samples_raw.npz")
+        np.savez_compressed(path, images=u8.permute(0, 2, 3, 1).numpy())
+        print(f"{args.n} images ({which} weights) in {time.time() - t0:.0f} s -> {path} (score with fid.py --samples)")
 
 
 if __name__ == "__main__":

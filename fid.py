@@ -147,8 +147,15 @@ def sample_jobs(args, device, precision):
         return
     if args.samples:
         x = read_samples(args.samples)
-        out = args.out or (args.samples if os.path.isdir(args.samples) else os.path.dirname(args.samples))
-        yield os.path.basename(os.path.normpath(args.samples)), x, dict(source=args.samples, size=x.shape[-1]), out
+        folder = args.samples if os.path.isdir(args.samples) else os.path.dirname(args.samples)
+        card = dict(source=args.samples, size=x.shape[-1])
+        made_by = os.path.join(folder, "anchor.json")  # anchor_lucidrains.py's record of what trained them
+        if os.path.isfile(made_by):
+            with open(made_by) as f:
+                a = json.load(f)
+            card.update(step=a.get("step"), train_minutes=round(a.get("train_seconds", 0) / 60, 2),
+                        train={k: a.get(k) for k in ("machine", "date", "commit", "command")})
+        yield os.path.basename(os.path.normpath(args.samples)), x, card, args.out or folder
         return
     from generate import generate_from_checkpoint, parse_labels
     try:

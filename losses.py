@@ -17,12 +17,13 @@ def mse(a, b):
     return (a - b).pow(2).mean(dim=(1, 2, 3))
 
 
-def min_snr_weight(snr, gamma, pred, plus_one=False):
+def min_snr_weight(snr, gamma, pred, plus_one=False, floor=0.0):
     """The weight that turns the `pred`-target MSE into min(SNR, γ) · ‖x̂0 − x0‖²: an x0 error δ is an
     ε error √SNR δ and a v error √(1 + SNR) δ, so the weights divide by SNR and SNR + 1. plus_one caps
     1 + SNR instead, v's own x0 weight: the low-noise levels are capped, the high-noise ones keep weight
-    ~1 where min(SNR, γ) goes to 0 (and with it the training signal for the image's overall colour)."""
-    w = (snr + 1 if plus_one else snr).clamp(max=gamma)
+    ~1 where min(SNR, γ) goes to 0 (and with it the training signal for the image's overall colour).
+    floor raises the x0 weight to at least `floor`: only the levels with SNR < floor change."""
+    w = (snr + 1 if plus_one else snr).clamp(min=floor, max=gamma)
     return {"eps": w / snr, "x0": w, "v": w / (snr + 1)}[pred]
 
 
@@ -56,14 +57,15 @@ def vlb_term(sched: Schedule, pred, out_mean, var_out, x0, xt, t):
 
 
 def diffusion_loss(sched: Schedule, out, x0, xt, noise, t, pred="eps", min_snr=0.0, learn_sigma=False,
-                   min_snr_plus_one=False):
+                   min_snr_plus_one=False, min_snr_floor=0.0):
     """The DDPM loss of the network output `out` at x_t = q_sample(x0, t, noise): L_simple on the first
-    C channels, min-SNR-weighted if min_snr > 0 (on 1 + SNR with min_snr_plus_one), plus λ T L_t on the variance channels if learn_sigma
+    C channels, min-SNR-weighted if min_snr > 0 (on 1 + SNR with min_snr_plus_one, at least min_snr_floor),
+    plus λ T L_t on the variance channels if learn_sigma
     (λ = 0.001; L_vlb = Σ_t L_t ≈ T · L_t for a uniform t)."""
     c = x0.shape[1]
     loss = mse(out[:, :c], sched.target(pred, x0, noise, t))
     if min_snr > 0:
-        loss = loss * min_snr_weight(sched.snr(t).flatten(), min_snr, pred, min_snr_plus_one)
+        loss = loss * min_snr_weight(sched.snr(t).flatten(), min_snr, pred, min_snr_plus_one, min_snr_floor)
     if learn_sigma:
         loss = loss + vlb_term(sched, pred, out[:, :c], out[:, c:], x0, xt, t) * (sched.T / 1000)
     return loss

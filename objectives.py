@@ -72,7 +72,8 @@ def draw_batch(x0, y, gen, part, lo, hi, label_drop, null):
 
 class DDPM(Objective):
     kind = run_name = "ddpm"
-    frozen_args = ("schedule", "T", "pred", "min_snr", "min_snr_plus_one", "learn_sigma", "schedule_shift")
+    frozen_args = ("schedule", "T", "pred", "min_snr", "min_snr_plus_one", "min_snr_floor", "learn_sigma",
+                   "schedule_shift")
     description = """Train a DDPM (Ho et al. 2020) with the options of improved DDPM and later work.
 
     python train_ddpm.py                                   # main job: maps 64x64, CPU preset, 15 min
@@ -98,6 +99,9 @@ the mean stopped in L_vlb). See losses.py.
         g.add_argument("--min-snr-plus-one", action="store_true",
                        help="with --min-snr: cap 1 + SNR (v's own weight) instead of SNR, so the noisiest levels keep "
                             "their weight")
+        g.add_argument("--min-snr-floor", type=NONNEG, default=0.0,
+                       help="with --min-snr: weigh every level's x0 error at least this much (only levels with SNR "
+                            "below it change; those min(SNR, γ) leaves all but untrained decide the overall colour)")
         g.add_argument("--learn-sigma", action="store_true", help="learned variance + hybrid loss (improved DDPM)")
         g.add_argument("--grid-sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS),
                        help="sampler for the progress grids (stochastic samplers look cleaner on short runs)")
@@ -115,7 +119,7 @@ the mean stopped in L_vlb). See losses.py.
         xt = sched.q_sample(x0, t, noise)
         out = model(xt, t, y).float()
         loss = diffusion_loss(sched, out, x0, xt, noise, t, args.pred, args.min_snr, args.learn_sigma,
-                              args.min_snr_plus_one)
+                              args.min_snr_plus_one, args.min_snr_floor)
         return loss, t.float() / sched.T
 
     def sample(self, model, n, labels, device, seed=0):

@@ -176,6 +176,8 @@ def _cell(c, latest=True):
         grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + ".jpg")
         what = (f"{c['kind']} on {c.get('data', '?')}, step {c.get('step')}{minutes} ({run})"
                 + (f" [samples]({grid})" if latest and os.path.isfile(grid) else ""))
+    elif c.get("step"):  # samples from elsewhere whose training is on record (anchor_lucidrains.py)
+        what += f", step {c['step']}" + (f", {c['train_minutes']:.0f} min" if c.get("train_minutes") else "")
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"
            + (f" · cfg {c['cfg']:g}" if c.get("cfg") is not None else "")
            + ("" if c.get("ema", True) else " · raw")

@@ -272,10 +272,17 @@ def test_fid_classifier_on_labelled_folder(tmp_path):
             Image.fromarray(img).save(tmp_path / "ref" / cls / f"{k}.png")
     fake = np.clip(215 + gen.normal(0, 20, (12, 16, 16, 3)), 0, 255).astype(np.uint8)  # all "bright"
     np.savez(tmp_path / "fake.npz", images=fake)
+    made_by = dict(machine="a CPU", date="2026-01-01", commit="abc1234", command="python anchor_lucidrains.py --lr 3e-4",
+                   step=123, train_seconds=600.0)  # anchor_lucidrains.py's record beside its samples
+    (tmp_path / "anchor.json").write_text(json.dumps(made_by))
     args = ["fid.py", "--samples", str(tmp_path / "fake.npz"), "--ref", f"folder:{tmp_path / 'ref'}", "--extractor",
             "classifier", "--n-ref", "60", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
     code, log = run_here(*args)
     card = json.loads(open(tmp_path / "scores.jsonl").read())
+    assert card["step"] == 123 and card["train_minutes"] == 10 and card["train"]["command"] == made_by["command"]
+    code, page = run_here("plots.py", "results", str(tmp_path / "scores.jsonl"))
+    row = [line for line in page.splitlines() if "fake.npz" in line][0]
+    assert "step 123, 10 min" in row and "`python anchor_lucidrains.py --lr 3e-4` (a CPU, abc1234)" in row, row
     assert card["histogram"] == [1.0, 0.0] and card["entropy_ratio"] == 0.0  # classes sorted: bright, dark
     assert card["confident_share"] > 0.9 and card["class_names"] == ["bright", "dark"]
     assert (tmp_path / "confident_fake.npz_most.png").exists() and (tmp_path / "confident_fake.npz_least.png").exists()

@@ -45,20 +45,24 @@ def _outputs_for(sched, x0_hat, xt, t):
     return {"eps": eps_hat, "x0": x0_hat, "v": alpha * eps_hat - sigma * x0_hat}
 
 
-@pytest.mark.parametrize("gamma,plus_one", [(0.5, False), (5.0, False), (5.0, True)])
-def test_min_snr_gives_the_same_loss_for_the_same_x0_error_whatever_the_prediction(gamma, plus_one):
+@pytest.mark.parametrize("gamma,plus_one,floor", [(0.5, False, 0.0), (5.0, False, 0.0), (5.0, True, 0.0),
+                                                  (5.0, False, 0.25)])
+def test_min_snr_gives_the_same_loss_for_the_same_x0_error_whatever_the_prediction(gamma, plus_one, floor):
     """min-SNR-γ (Hang et al. eq. 7): the loss is min(SNR, γ) ‖x̂0 − x0‖², whether the network predicts
-    ε, x0 or v; with plus_one, min(1 + SNR, γ) ‖x̂0 − x0‖²."""
+    ε, x0 or v; with plus_one, min(1 + SNR, γ) ‖x̂0 − x0‖²; with a floor, max(that, floor) ‖x̂0 − x0‖²."""
     sched, x0, noise, t, xt = _setup()
     x0_hat = x0 + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
-    want = (sched.snr(t).flatten() + plus_one).clamp(max=gamma) * mse(x0_hat, x0)
+    want = (sched.snr(t).flatten() + plus_one).clamp(max=gamma).clamp(min=floor) * mse(x0_hat, x0)
     for pred, out in _outputs_for(sched, x0_hat, xt, t).items():
-        got = diffusion_loss(sched, out, x0, xt, noise, t, pred, min_snr=gamma, min_snr_plus_one=plus_one)
+        got = diffusion_loss(sched, out, x0, xt, noise, t, pred, min_snr=gamma, min_snr_plus_one=plus_one,
+                             min_snr_floor=floor)
         assert torch.allclose(got, want, rtol=2e-3), (pred, got, want)
     w = min_snr_weight(torch.tensor([0.1, 100.0]), 5.0, "eps")
     assert torch.allclose(w, torch.tensor([1.0, 0.05]))  # ε loss is left alone at low SNR, cut to γ/SNR at high
     w = min_snr_weight(torch.tensor([1e-4, 100.0]), 5.0, "v", plus_one=True)
     assert torch.allclose(w, torch.tensor([1.0, 5 / 101]))  # v loss left alone at high noise, capped at low
+    w = min_snr_weight(torch.tensor([1e-4, 0.5, 100.0]), 5.0, "x0", floor=0.25)
+    assert torch.allclose(w, torch.tensor([0.25, 0.5, 5.0]))  # only the levels below the floor change
 
 
 def test_simple_loss_is_the_mse_to_the_target():

@@ -201,14 +201,16 @@ def test_machine_decides_precision_from_torchs_view_of_the_cpu(tmp_path):
 
 
 def test_anchor_lucidrains_writes_samples_fid_reads(tmp_path):
-    """The quality anchor trains for a few seconds and writes a samples.npz that fid.py can read."""
+    """The quality anchor trains for a few seconds and writes EMA and raw samples that fid.py can read."""
     pytest.importorskip("denoising_diffusion_pytorch")
     out = tmp_path / "anchor"
     run_here("anchor_lucidrains.py", "--data", "maps", "--size", "16", "--n-maps", "64", "--minutes", "0.02",
              "--dim", "8", "--steps", "2", "--n", "3", "--out", str(out))
     from fid import read_samples
-    x = read_samples(str(out / "samples.npz"))
-    assert x.shape == (3, 3, 16, 16) and x.dtype == torch.uint8
+    for name in ("samples.npz", "samples_raw.npz"):
+        x = read_samples(str(out / name))
+        assert x.shape == (3, 3, 16, 16) and x.dtype == torch.uint8
+    assert json.load(open(out / "anchor.json"))["steps_trained"] >= 1
 
 
 def test_fid_samples_a_conditional_checkpoint_class_by_class(tmp_path):

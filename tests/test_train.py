@@ -17,7 +17,7 @@ def test_loss_falls_on_a_fixed_batch(opts):
     import argparse
     from objectives import DDPM
     from data import make_maps, to_model
-    args = argparse.Namespace(schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False, learn_sigma=False, label_drop=0.1,
+    args = argparse.Namespace(schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False, min_snr_floor=0.0, learn_sigma=False, label_drop=0.1,
                               cond=False, grid_sampler="ddim", grid_steps=5)
     vars(args).update(opts)
     data = make_maps(16, 16, seed=1)
