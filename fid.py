@@ -72,6 +72,8 @@ def main():
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
     g.add_argument("--eta", type=NONNEG, default=0.0)
     g.add_argument("--cfg", type=FINITE, default=None)
+    g.add_argument("--gauss-snr", type=NONNEG, default=0.0,
+                   help="levels with SNR below this take the data's closed-form Gaussian x̂0 (see sample.py)")
     g.add_argument("--start", default=None, help="zoom start state(s): hist, single, bank, gmm; comma-separated "
                                                    "for a table")
     g.add_argument("--noise", type=NONNEG, default=0.0, help="zoom: noise std injected while sampling")
@@ -179,7 +181,7 @@ def sample_jobs(args, device, precision):
                 t0 = time.time()
                 x, info = generate_from_checkpoint(ck, args.n, device, sampler or None, st, args.eta, start,
                                                    args.noise, labels, args.cfg, args.seed, args.batch, precision,
-                                                   ema=not args.raw, spacing=args.spacing)
+                                                   ema=not args.raw, spacing=args.spacing, gauss_snr=args.gauss_snr)
                 gen_s = time.time() - t0
                 label = f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
                 if len(args.ckpt) > 1:  # name the checkpoint too: teacher and student side by side

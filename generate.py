@@ -67,8 +67,10 @@ def _snapshot(snapshots, start):
 
 @torch.no_grad()
 def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0.0, labels=None, cfg=None, seed=0,
-                  batch=None, precision="fp32", first_index=0, progress=False, snapshots=None, spacing=None):
-    """n images in [-1, 1]. Image k starts from, and draws, the noise of (seed, first_index + k)."""
+                  batch=None, precision="fp32", first_index=0, progress=False, snapshots=None, spacing=None,
+                  gauss=None, gauss_snr=0.0):
+    """n images in [-1, 1]. Image k starts from, and draws, the noise of (seed, first_index + k). Levels with
+    SNR < gauss_snr take the closed-form x̂0 of the data's Gaussian `gauss` instead of the network."""
     model.eval()
     c, size = model.in_ch, model.size
     sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
@@ -79,7 +81,7 @@ def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0
     def one_batch(idx, start):
         noise = PerImageNoise(seed, idx, (c, size, size), device)
         lab = None if labels is None else labels[start:start + len(idx)].to(device)
-        denoise = make_denoiser(model, sched, pred, lab, cfg, model.num_classes)
+        denoise = make_denoiser(model, sched, pred, lab, cfg, model.num_classes, gauss=gauss, gauss_snr=gauss_snr)
         with autocast(device, precision):
             return SAMPLERS[sampler](denoise, sched, noise(), ts, noise, callback=_snapshot(snapshots, start), **extra)
     return _in_batches(n, sample_batch(device, batch), first_index, progress, f"{sampler} {len(ts)} steps", one_batch)
@@ -112,9 +114,26 @@ def schedule_of(ck):
     return Schedule.make(a["schedule"], a["T"], a.get("schedule_shift", 1.0))
 
 
+def data_gaussian(ck):
+    """The checkpoint's training data as a Gaussian (gaussian.py): stored by training, or, for a checkpoint
+    made before it was, fitted to its data again."""
+    stored = (ck.get("objective") or {}).get("gauss")
+    if stored is not None:
+        return stored
+    import argparse
+    from data import DataError, data_from_args
+    from gaussian import fit_gaussian
+    a = {"download": False, "folds": None, "n_maps": 10000, **ck["args"]}
+    try:
+        return fit_gaussian(data_from_args(argparse.Namespace(**a)).images)
+    except DataError as e:
+        raise UserError(f"--gauss-snr needs the training data's statistics, which this checkpoint does not hold, "
+                        f"and its data cannot be read ({e})")
+
+
 def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start=None, noise=0.0, labels=None,
                              cfg=None, seed=0, batch=None, precision="fp32", ema=True, progress=True,
-                             snapshots=None, spacing=None):
+                             snapshots=None, spacing=None, gauss_snr=0.0):
     """n images in [-1, 1] from any checkpoint of this project, and what made them (with the NFE).
     Flags that do not apply to the checkpoint's kind are refused before any work."""
     model = model_from_checkpoint(ck, ema=ema, device=device)
@@ -124,8 +143,8 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
             raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler naive or improved")
         if start not in STARTS:
             raise UserError(f"unknown start state '{start}'; choose one of {', '.join(STARTS)}")
-        if cfg is not None or eta or spacing or steps is not None:
-            raise UserError("--cfg, --eta, --spacing and --steps are DDPM options; a zoom checkpoint walks its own T "
+        if cfg is not None or eta or spacing or steps is not None or gauss_snr:
+            raise UserError("--cfg, --eta, --spacing, --steps and --gauss-snr are DDPM options; a zoom checkpoint walks its own T "
                             "steps from --start (add --noise for variety)")
         obj = ck["objective"]
         x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
@@ -145,11 +164,14 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
     if spacing not in SPACINGS:
         raise UserError(f"unknown spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
     sched = schedule_of(ck)
+    gauss = data_gaussian(ck) if gauss_snr else None
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
-                      precision, progress=progress, snapshots=snapshots, spacing=spacing)
+                      precision, progress=progress, snapshots=snapshots, spacing=spacing, gauss=gauss, gauss_snr=gauss_snr)
     guided = cfg is not None and labels is not None and cfg != 1  # two network calls per step
-    nfe = len(sampler_timesteps(sched, sampler, steps, spacing)) * (2 if guided else 1)
-    return x, dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, cfg=cfg, nfe=nfe)
+    ts = sampler_timesteps(sched, sampler, steps, spacing)
+    calls = int((sched.snr()[ts] >= gauss_snr).sum())  # the closed-form levels call no network
+    info = dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, cfg=cfg, nfe=calls * (2 if guided else 1))
+    return x, dict(info, gauss_snr=gauss_snr) if gauss_snr else info
 
 
 def parse_labels(text, n, ck):

@@ -9,6 +9,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import NONNEG, POSITIVE, POSITIVE_INT, UserError
 from data import to_model
 from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm, generate_zoom
+from gaussian import fit_gaussian
 from losses import consistency_level, diffusion_loss, pseudo_huber, restoration_loss
 from machine import fp32_only_cpu
 from recipes import data_defaults
@@ -111,6 +112,7 @@ the mean stopped in L_vlb). See losses.py.
         self.args = args
         self.sched = Schedule.make(args.schedule, args.T, args.schedule_shift)
         self.num_classes = data.num_classes if args.cond else 0
+        self.gauss = fit_gaussian(data.images)  # the data as a Gaussian, for sampling's --gauss-snr (gaussian.py)
         return dict(learn_sigma=args.learn_sigma)
 
     def loss(self, model, x0, y, gen, part):
@@ -127,9 +129,11 @@ the mean stopped in L_vlb). See losses.py.
                              self.args.grid_steps, labels=labels, seed=seed)
 
     def state(self):
-        return {}
+        return {"gauss": self.gauss}
 
     def load_state(self, state):
+        if "gauss" in state:
+            self.gauss = state["gauss"]
         if state.get("method") == "consistency":
             raise UserError("this checkpoint is a few-step student made by distill.py; continue it with "
                             "distill.py --resume")

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from gaussian import gaussian_x0
 from schedules import Schedule
 
 SPACINGS = ("uniform", "karras")
@@ -130,13 +131,20 @@ SAMPLERS = {"ancestral": sample_ancestral, "ddim": sample_ddim,
             "dpmpp2m_sde": functools.partial(sample_dpmpp_2m, eta=1.0), "consistency": sample_consistency}
 
 
-def make_denoiser(model, sched, pred, labels=None, cfg=None, num_classes=0, clip=True):
+def make_denoiser(model, sched, pred, labels=None, cfg=None, num_classes=0, clip=True, gauss=None, gauss_snr=0.0):
     """d(x, t) -> (x0, ε, var_out): the network's output as x0 (clipped to [-1, 1]) and ε (recomputed
     from the clipped x0), var_out = the learned-variance channels or None. With labels and a guidance
     scale w (Ho & Salimans 2022): out = out_null + w (out_cond − out_null); w = 0 is unconditional,
-    w = 1 conditional (one network call)."""
+    w = 1 conditional (one network call). Levels with SNR < gauss_snr take the closed-form x̂0 of the data's
+    Gaussian `gauss` (gaussian.py) and call no network."""
     def denoise(x, t):
         b, c = x.shape[:2]
+        if gauss is not None and sched.snr()[int(t)] < gauss_snr:
+            abar = sched.abar[int(t)].item()
+            alpha, sigma = abar ** 0.5, (1 - abar) ** 0.5
+            x0 = gaussian_x0(gauss, x, alpha, sigma)
+            x0 = x0.clamp(-1, 1) if clip else x0
+            return x0, (x - alpha * x0) / sigma, None
         tt = torch.full((b,), int(t), device=x.device)
         if cfg is not None and labels is not None and cfg != 1.0:
             null = torch.full_like(labels, num_classes)

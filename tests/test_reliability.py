@@ -210,7 +210,8 @@ def test_anchor_lucidrains_writes_samples_fid_reads(tmp_path):
     for name in ("samples.npz", "samples_raw.npz"):
         x = read_samples(str(out / name))
         assert x.shape == (3, 3, 16, 16) and x.dtype == torch.uint8
-    assert json.load(open(out / "anchor.json"))["steps_trained"] >= 1
+    made_by = json.load(open(out / "anchor.json"))
+    assert made_by["step"] >= 1 and made_by["command"].startswith("python anchor_lucidrains.py")
 
 
 def test_fid_samples_a_conditional_checkpoint_class_by_class(tmp_path):

@@ -1,0 +1,36 @@
+"""The training images as one Gaussian, and the exact denoiser x̂0 = E[x0 | x_t] under it.
+
+At high noise a trained network's x̂0 is close to this linear estimate (Wang & Vastola 2023, "The hidden
+linear structure in score-based models"), and those levels are where a short run learns least: min-SNR
+weighting gives them almost no weight, yet they decide an image's overall colour and contrast. The sampler
+can use the closed form there instead of the network (`--gauss-snr`), as their "analytical teleportation" does.
+
+The model: a per-pixel mean and a stationary covariance, diagonal in the 2-D Fourier basis with a C×C colour
+covariance per frequency (the power spectrum). That is H·W·C² numbers, small enough for a checkpoint, and it
+holds what the top levels need: each image's overall colour (frequency 0) and its contrast at every scale.
+"""
+import torch
+
+
+@torch.no_grad()
+def fit_gaussian(images, chunk=1024):
+    """{'mean': C×H×W, 'spectrum': H×W×C×C×2 (real, imaginary)} of uint8 N×C×H×W images in model space [-1, 1]."""
+    x = images.float() / 127.5 - 1
+    mean = x.mean(0)
+    n, c, h, w = x.shape
+    s = torch.zeros(h, w, c, c, dtype=torch.complex64)
+    for i in range(0, n, chunk):
+        f = torch.fft.fft2(x[i:i + chunk] - mean, norm="ortho")  # white noise of variance v stays v per frequency
+        s += torch.einsum("nchw,ndhw->hwcd", f, f.conj())
+    return {"mean": mean, "spectrum": torch.view_as_real(s / n).contiguous()}
+
+
+def gaussian_x0(stats, xt, alpha, sigma):
+    """E[x0 | x_t] for x_t = α x0 + σ ε and x0 ~ N(mean, Σ): mean + α Σ (α² Σ + σ² I)⁻¹ (x_t − α mean),
+    each frequency on its own."""
+    mean = stats["mean"].to(xt.device)
+    s = torch.view_as_complex(stats["spectrum"].to(xt.device).float())
+    c = s.shape[-1]
+    gain = alpha * torch.linalg.solve(alpha ** 2 * s + sigma ** 2 * torch.eye(c, device=xt.device), s)  # H×W×C×C
+    f = torch.fft.fft2(xt.float() - alpha * mean, norm="ortho")
+    return mean + torch.fft.ifft2(torch.einsum("hwcd,bdhw->bchw", gain, f), norm="ortho").real

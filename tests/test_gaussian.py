@@ -1,0 +1,93 @@
+"""The data as a Gaussian (gaussian.py) against closed forms and dense linear algebra, and the sampler's
+closed-form levels (--gauss-snr) end to end."""
+import pytest
+import torch
+
+from checkpoint import load_checkpoint
+from cli import UserError
+from gaussian import fit_gaussian, gaussian_x0
+from generate import generate_ddpm, generate_from_checkpoint
+from schedules import Schedule
+from test_samplers import tiny_model
+
+
+def _images(n, c, size, seed=0):
+    """uint8 images whose pixels are correlated across space and channels, with a random colour per image."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, size, size, generator=g)
+    x = x + x.roll(1, dims=-1) + 0.5 * x.roll(1, dims=-2) + torch.randn(n, c, 1, 1, generator=g)  # blur + colour
+    x = x + 0.5 * x[:, :1]  # channels correlated
+    return (128 + 25 * x).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_one_pixel_gaussian_x0_is_the_scalar_posterior_mean():
+    """A 1×1 grey image: E[x0 | x_t] = m + α v / (α² v + σ²) (x_t − α m), m and v the data's mean and variance."""
+    images = _images(5000, 1, 1)
+    x = images.float() / 127.5 - 1
+    m, v = x.mean().item(), x.var(unbiased=False).item()
+    stats = fit_gaussian(images)
+    xt = torch.linspace(-2, 2, 9).view(-1, 1, 1, 1)
+    for alpha, sigma in ((0.9, 0.44), (0.2, 0.98)):
+        want = m + alpha * v / (alpha ** 2 * v + sigma ** 2) * (xt - alpha * m)
+        assert torch.allclose(gaussian_x0(stats, xt, alpha, sigma), want, atol=1e-5)
+
+
+def test_fit_gaussian_finds_the_colour_covariance_of_white_noise_at_every_frequency():
+    """Pixels independent in space with a 3×3 colour covariance K: the spectrum is K at every frequency."""
+    g = torch.Generator().manual_seed(0)
+    mix = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [-0.3, 0.2, 0.9]])
+    z = torch.einsum("cd,ndhw->nchw", mix, torch.randn(4000, 3, 4, 4, generator=g))
+    images = (128 + 30 * z).round().clamp(0, 255).to(torch.uint8)
+    want = (30 / 127.5) ** 2 * mix @ mix.T
+    s = torch.view_as_complex(fit_gaussian(images)["spectrum"])
+    assert s.shape == (4, 4, 3, 3)
+    assert (s.real - want).abs().max() < 0.02 and s.imag.abs().max() < 0.02, (s[1, 2], want)
+
+
+def test_gaussian_x0_equals_the_dense_posterior_mean_of_its_covariance():
+    """The per-frequency formula is the dense E[x0 | x_t] = μ + α Σ (α² Σ + σ² I)⁻¹ (x_t − α μ) with Σ the
+    covariance the spectrum stands for (Σ v = IFFT(S · FFT(v)), built column by column)."""
+    images = _images(300, 2, 4)
+    stats = fit_gaussian(images)
+    s = torch.view_as_complex(stats["spectrum"]).to(torch.complex128)
+    d = 2 * 4 * 4
+    basis = torch.eye(d, dtype=torch.float64).view(d, 2, 4, 4)
+    f = torch.fft.fft2(basis, norm="ortho")
+    cov = torch.fft.ifft2(torch.einsum("hwcd,bdhw->bchw", s, f), norm="ortho").real.reshape(d, d)
+    assert torch.allclose(cov, cov.T, atol=1e-6)  # a real, symmetric covariance
+    mean = stats["mean"].double().flatten()
+    xt = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    alpha, sigma = 0.5, 0.8
+    want = mean + alpha * torch.linalg.solve(alpha ** 2 * cov + sigma ** 2 * torch.eye(d, dtype=torch.float64),
+                                             (xt - alpha * mean).T).T @ cov.T
+    got = gaussian_x0(stats, xt.float().view(3, 2, 4, 4), alpha, sigma).flatten(1)
+    assert torch.allclose(got.double(), want, atol=1e-4), (got - want).abs().max()
+
+
+def test_sampling_only_with_the_closed_form_draws_the_datas_colours():
+    """With every level closed-form (no network call), the sampler draws from the Gaussian: the samples'
+    per-channel mean and std match the data's."""
+    images = _images(2000, 3, 8)
+    stats = fit_gaussian(images)
+    model = tiny_model(c=3, size=8)
+    model.forward = None  # never called
+    x = generate_ddpm(model, Schedule.make("cosine", 1000), "v", 1000, "cpu", steps=100, gauss=stats, gauss_snr=1e12)
+    data = images.float() / 127.5 - 1
+    for got, want in ((x.mean(dim=(0, 2, 3)), data.mean(dim=(0, 2, 3))), (x.std(dim=(0, 2, 3)), data.std(dim=(0, 2, 3)))):
+        assert (got - want).abs().max() < 0.05 * data.std().item() + 0.01, (got, want)
+
+
+def test_a_checkpoint_carries_its_data_gaussian_and_the_closed_form_levels_save_network_calls(ddpm_run, zoom_run):
+    ck = load_checkpoint(str(ddpm_run[0] / "ckpt.pt"))
+    assert ck["objective"]["gauss"]["mean"].shape == (3, 16, 16)
+    _, plain = generate_from_checkpoint(ck, 2, "cpu", progress=False)
+    x, info = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)
+    assert x.shape == (2, 3, 16, 16) and info["gauss_snr"] == 0.1 and 0 < info["nfe"] < plain["nfe"], info
+    del ck["objective"]["gauss"]  # a checkpoint from before the statistics were stored: fitted to its data again
+    ck["args"]["n_maps"] = 128
+    assert generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)[1]["nfe"] == info["nfe"]
+    ck["args"].update(data="mnist", data_root=str(ddpm_run[0] / "nowhere"))
+    with pytest.raises(UserError, match="--gauss-snr needs"):
+        generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)
+    with pytest.raises(UserError, match="--gauss-snr"):
+        generate_from_checkpoint(load_checkpoint(str(zoom_run[0] / "ckpt.pt")), 2, "cpu", gauss_snr=0.1)
