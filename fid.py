@@ -72,7 +72,7 @@ def main():
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")
     g.add_argument("--eta", type=NONNEG, default=0.0)
     g.add_argument("--cfg", type=FINITE, default=None)
-    g.add_argument("--gauss-snr", type=NONNEG, default=0.0,
+    g.add_argument("--gauss-snr", type=NONNEG, default=None,
                    help="levels with SNR below this take the data's closed-form Gaussian x̂0 (see sample.py)")
     g.add_argument("--start", default=None, help="zoom start state(s): hist, single, bank, gmm; comma-separated "
                                                    "for a table")

@@ -1,9 +1,10 @@
 """The training images as one Gaussian, and the exact denoiser x̂0 = E[x0 | x_t] under it.
 
-At high noise a trained network's x̂0 is close to this linear estimate (Wang & Vastola 2023, "The hidden
-linear structure in score-based models"), and those levels are where a short run learns least: min-SNR
-weighting gives them almost no weight, yet they decide an image's overall colour and contrast. The sampler
-can use the closed form there instead of the network (`--gauss-snr`), as their "analytical teleportation" does.
+At high noise a trained network's x̂0 is close to this linear estimate (Wang & Vastola 2024, "The unreasonable
+effectiveness of Gaussian score approximation for diffusion models and its applications"), and those levels are
+where a short run learns least: min-SNR weighting gives them almost no weight, yet they decide an image's overall
+colour and contrast. The sampler can use the closed form there instead of the network (`--gauss-snr`); their
+"analytical teleportation" skips the same levels by solving the Gaussian's ODE in one jump, with a full covariance.
 
 The model: a per-pixel mean and a stationary covariance, diagonal in the 2-D Fourier basis with a C×C colour
 covariance per frequency (the power spectrum). That is H·W·C² numbers, small enough for a checkpoint, and it

@@ -7,6 +7,7 @@ from tqdm import tqdm
 from checkpoint import model_from_checkpoint
 from cli import UserError
 from machine import autocast
+from recipes import sampling_defaults
 from samplers import SAMPLERS, SPACINGS, PerImageNoise, make_denoiser, sample_cold, timesteps_for
 from schedules import Schedule, zoom_degrade
 from zoom import STARTS, start_states
@@ -114,6 +115,10 @@ def schedule_of(ck):
     return Schedule.make(a["schedule"], a["T"], a.get("schedule_shift", 1.0))
 
 
+def default_gauss_snr(ck):
+    return sampling_defaults(ck["args"]["data"]).get("gauss_snr", 0.0)
+
+
 def data_gaussian(ck):
     """The checkpoint's training data as a Gaussian (gaussian.py): stored by training, or, for a checkpoint
     made before it was, fitted to its data again."""
@@ -133,9 +138,10 @@ def data_gaussian(ck):
 
 def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start=None, noise=0.0, labels=None,
                              cfg=None, seed=0, batch=None, precision="fp32", ema=True, progress=True,
-                             snapshots=None, spacing=None, gauss_snr=0.0):
+                             snapshots=None, spacing=None, gauss_snr=None):
     """n images in [-1, 1] from any checkpoint of this project, and what made them (with the NFE).
-    Flags that do not apply to the checkpoint's kind are refused before any work."""
+    Flags that do not apply to the checkpoint's kind are refused before any work. gauss_snr None: the
+    default for the checkpoint's data (recipes.py)."""
     model = model_from_checkpoint(ck, ema=ema, device=device)
     if ck["kind"] == "zoom":
         sampler, start = sampler or "naive", start or "bank"
@@ -163,6 +169,8 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
     spacing = spacing or default_spacing(sampler)
     if spacing not in SPACINGS:
         raise UserError(f"unknown spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
+    if gauss_snr is None:  # a consistency student's first call is at pure noise: it must stay the network's
+        gauss_snr = 0.0 if sampler == "consistency" else default_gauss_snr(ck)
     sched = schedule_of(ck)
     gauss = data_gaussian(ck) if gauss_snr else None
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,

@@ -12,7 +12,7 @@ from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm, generate_zoo
 from gaussian import fit_gaussian
 from losses import consistency_level, diffusion_loss, pseudo_huber, restoration_loss
 from machine import fp32_only_cpu
-from recipes import data_defaults
+from recipes import data_defaults, sampling_defaults
 from samplers import SAMPLERS
 from schedules import PREDICTIONS, Schedule, zoom_degrade
 from zoom import STARTS, final_windows, start_stats
@@ -126,7 +126,8 @@ the mean stopped in L_vlb). See losses.py.
 
     def sample(self, model, n, labels, device, seed=0):
         return generate_ddpm(model, self.sched, self.args.pred, n, device, self.args.grid_sampler,
-                             self.args.grid_steps, labels=labels, seed=seed)
+                             self.args.grid_steps, labels=labels, seed=seed, gauss=self.gauss,
+                             gauss_snr=sampling_defaults(self.args.data).get("gauss_snr", 0.0))
 
     def state(self):
         return {"gauss": self.gauss}

@@ -180,6 +180,7 @@ def _cell(c, latest=True):
         what += f", step {c['step']}" + (f", {c['train_minutes']:.0f} min" if c.get("train_minutes") else "")
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"
            + (f" · cfg {c['cfg']:g}" if c.get("cfg") is not None else "")
+           + (f" · Gaussian below SNR {c['gauss_snr']:g}" if c.get("gauss_snr") else "")
            + ("" if c.get("ema", True) else " · raw")
            + (f" · {c['gen_seconds']:.0f} s" if c.get("gen_seconds") else "") if c.get("nfe") else "–")
     kid = f"{1e3 * c['kid']:.2f}" + (f" ± {1e3 * c['kid_std']:.2f}" if c.get("kid_std") is not None else "") if "kid" in c else "–"

@@ -21,6 +21,22 @@ FP32_CPU_DEFAULTS = {
 }
 
 
+# Sampling a DDPM checkpoint, by the data it was trained on: levels with SNR below gauss_snr take the closed-form
+# x̂0 of the data as a stationary Gaussian (gaussian.py) instead of the network. Short runs leave those levels
+# almost untrained, and there the network washed out coffee's colours (colour gap 31 % against 11 % with it, at
+# the same FID and half the network calls); on CIFAR-10 it halved the colour gap at equal FID. Not on MNIST:
+# a digit is no stationary texture, and the stationary Gaussian there cut the confident share from 0.85 to 0.70.
+SAMPLING_DEFAULTS = {
+    "coffee": dict(gauss_snr=0.1),
+    "cifar10": dict(gauss_snr=0.1),
+}
+
+
+def sampling_defaults(data):
+    """The sampling flags' defaults for a checkpoint trained on `data`."""
+    return dict(SAMPLING_DEFAULTS.get(data, {}))
+
+
 def data_defaults(kind, data, fp32_cpu=False):
     """The flag defaults for training a `kind` model ('ddpm' or 'zoom') on `data`; fp32_cpu: training runs on
     a CPU without fast bf16."""

@@ -56,9 +56,9 @@ def main():
     p.add_argument("--spacing", default=None, choices=SPACINGS,
                    help="where the steps sit: uniform in t, or karras (dense at low noise); default: karras for dpmpp*, else uniform")
     p.add_argument("--eta", type=NONNEG, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
-    p.add_argument("--gauss-snr", type=NONNEG, default=0.0,
+    p.add_argument("--gauss-snr", type=NONNEG, default=None,
                    help="levels with SNR below this take the closed-form x̂0 of the training data as one Gaussian instead of the network "
-                        "(no network call; gaussian.py; default 0: off)")
+                        "(no network call; gaussian.py; default: the data's, 0.1 for coffee and cifar10, else 0 = off; recipes.py)")
     p.add_argument("--cfg", type=FINITE, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
     p.add_argument("--labels", default=None, help="comma-separated class indices, cycled (default: all classes in turn)")
     p.add_argument("--start", default=None, choices=STARTS, help="zoom only: start state (default bank)")

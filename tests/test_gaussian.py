@@ -83,6 +83,11 @@ def test_a_checkpoint_carries_its_data_gaussian_and_the_closed_form_levels_save_
     _, plain = generate_from_checkpoint(ck, 2, "cpu", progress=False)
     x, info = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)
     assert x.shape == (2, 3, 16, 16) and info["gauss_snr"] == 0.1 and 0 < info["nfe"] < plain["nfe"], info
+    ck["args"]["data"] = "coffee"  # sampled by default with the closed form below SNR 0.1 (recipes.py); 0 turns it off
+    assert generate_from_checkpoint(ck, 2, "cpu", progress=False)[1]["nfe"] == info["nfe"]
+    assert generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0, progress=False)[1]["nfe"] == plain["nfe"]
+    assert "gauss_snr" not in generate_from_checkpoint(ck, 2, "cpu", "consistency", 2, progress=False)[1]
+    ck["args"]["data"] = "maps"
     del ck["objective"]["gauss"]  # a checkpoint from before the statistics were stored: fitted to its data again
     ck["args"]["n_maps"] = 128
     assert generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)[1]["nfe"] == info["nfe"]
