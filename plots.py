@@ -173,7 +173,9 @@ def _cell(c, latest=True):
         # the run's path under runs/ (runs/distill_cifar/ct/ckpt_5min.pt -> distill_cifar_ct_ckpt_5min.jpg)
         parts = os.path.normpath(os.path.splitext(what)[0]).split(os.sep)
         parts = parts[parts.index("runs") + 1:] if "runs" in parts else parts[-2:]
-        grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + ".jpg")
+        # sampled with guidance or the Gaussian's levels: the picture of that sampling (..._cfg3.jpg, ..._gauss.jpg)
+        variant = (f"_cfg{c['cfg']:g}" if c.get("cfg") is not None else "") + ("_gauss" if c.get("gauss_snr") else "")
+        grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + variant + ".jpg")
         what = (f"{c['kind']} on {c.get('data', '?')}, step {c.get('step')}{minutes} ({run})"
                 + (f" [samples]({grid})" if latest and os.path.isfile(grid) else ""))
     elif c.get("step"):  # samples from elsewhere whose training is on record (anchor_lucidrains.py)

@@ -7,7 +7,7 @@ import os
 
 from helpers import HERE
 
-KERNEL = {"schedules", "losses", "samplers", "zoom", "nn_unet", "metrics"}
+KERNEL = {"schedules", "losses", "samplers", "gaussian", "zoom", "nn_unet", "metrics"}
 SHORT = KERNEL | {"trainer"}
 MAX_LINES = 60
 
