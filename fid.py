@@ -288,9 +288,11 @@ def _main(args):
     ref = default_ref(args)
     ref_name, ref_split = parse_ref(ref)
     train_ref = args.train_ref or f"{ref_name}:train"
-    if "copies" in metrics and (ref_name == "folder" or ref_split in ("train", "all") or train_ref == ref):
+    held_out = (args.train_ref is not None and train_ref != ref) if ref_name == "folder" else ref_split not in ("train", "all")
+    if "copies" in metrics and (not held_out or train_ref == ref):
         raise UserError(f"--metrics copies compares samples with held-out images: give a test split as --ref "
-                        f"(e.g. {ref_name if ref_name != 'folder' else 'mnist'}:test) and the training split as --train-ref")
+                        f"(e.g. {ref_name if ref_name != 'folder' else 'mnist'}:test, or folder:HELD_OUT) and the training "
+                        f"split as --train-ref (e.g. folder:TRAINING_IMAGES)")
     rows, extractors = [], {}
     where = provenance(device)  # machine, date, commit and this command, on every card
     real = {}

@@ -206,7 +206,7 @@ def test_fid_cli_checkpoint_sweep_and_samples(ddpm_run, tmp_path):
     inception_or_skip()
     run_dir, out, cache = ddpm_run[0], tmp_path / "fid", tmp_path / "cache"
     code, log = run_here("fid.py", "--ckpt", str(run_dir / "ckpt.pt"), "--n", "6", "--n-ref", "6", "--sweep-steps", "1,2",
-                         "--cache-dir", str(cache), "--device", "cpu", "--out", str(out))
+                         "--gauss-snr", "0", "--cache-dir", str(cache), "--device", "cpu", "--out", str(out))
     cards = [json.loads(line) for line in open(out / "scores.jsonl")]
     d = DEFAULT_SAMPLER  # fid.py samples as sample.py does by default
     assert [c["nfe"] for c in cards] == [1, 2] and f"| {d}1 |" in log and f"| {d}2 |" in log
@@ -290,6 +290,17 @@ def test_fid_classifier_on_labelled_folder(tmp_path):
     assert len(cached) == 1
     code, log = run_here(*args)
     assert "held-out accuracy" not in log  # second run: the cached classifier
+    one_line_error(*run_here(*args, "--metrics", "copies", ok=False))  # a folder is held out only beside a training folder
+    one_line_error(*run_here(*args, "--metrics", "copies", "--train-ref", f"folder:{tmp_path / 'ref' / 'bright'}",
+                             ok=False))  # the training folder overlaps the reference
+    (tmp_path / "train").mkdir()
+    for k in range(10):
+        img = np.clip(215 + gen.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / "train" / f"{k}.png")
+    code, log = run_here(*args, "--metrics", "copies", "--train-ref", f"folder:{tmp_path / 'train'}",
+                         "--out", str(tmp_path / "copies"))
+    card = json.loads(open(tmp_path / "copies" / "scores.jsonl").read())
+    assert card["train_ref"].endswith("train") and 0 <= card["copy_share"] <= 1, card
 
 
 def test_results_page_links_a_runs_picture_only_from_its_newest_card(tmp_path, monkeypatch):

@@ -80,13 +80,13 @@ def test_sampling_only_with_the_closed_form_draws_the_datas_colours():
 def test_a_checkpoint_carries_its_data_gaussian_and_the_closed_form_levels_save_network_calls(ddpm_run, zoom_run):
     ck = load_checkpoint(str(ddpm_run[0] / "ckpt.pt"))
     assert ck["objective"]["gauss"]["mean"].shape == (3, 16, 16)
-    _, plain = generate_from_checkpoint(ck, 2, "cpu", progress=False)
+    _, plain = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0, progress=False)
     x, info = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)
     assert x.shape == (2, 3, 16, 16) and info["gauss_snr"] == 0.1 and 0 < info["nfe"] < plain["nfe"], info
-    ck["args"]["data"] = "coffee"  # sampled by default with the closed form below SNR 0.1 (recipes.py); 0 turns it off
-    assert generate_from_checkpoint(ck, 2, "cpu", progress=False)[1]["nfe"] == info["nfe"]
-    assert generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0, progress=False)[1]["nfe"] == plain["nfe"]
+    assert generate_from_checkpoint(ck, 2, "cpu", progress=False)[1]["nfe"] == info["nfe"]  # maps: on by default
     assert "gauss_snr" not in generate_from_checkpoint(ck, 2, "cpu", "consistency", 2, progress=False)[1]
+    ck["args"]["data"] = "mnist"  # off by default (recipes.py)
+    assert generate_from_checkpoint(ck, 2, "cpu", progress=False)[1]["nfe"] == plain["nfe"]
     ck["args"]["data"] = "maps"
     del ck["objective"]["gauss"]  # a checkpoint from before the statistics were stored: fitted to its data again
     ck["args"]["n_maps"] = 128
