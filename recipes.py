@@ -25,8 +25,8 @@ FP32_CPU_DEFAULTS = {
 # x̂0 of the data as a stationary Gaussian (gaussian.py) instead of the network. Short runs leave those levels
 # almost untrained, and there the network washed out coffee's colours (colour gap 31 % against 11 % with it, at
 # the same FID and half the network calls); on CIFAR-10 it halved the colour gap at equal FID, and on maps it
-# lowered FID a little. Not on MNIST: a digit is no stationary texture, and the stationary Gaussian there cut
-# the confident share from 0.85 to 0.70 (RESULTS.md, the rows that say "Gaussian below SNR 0.1").
+# lowered FID a little. Not on MNIST: the Gaussian ignores the label where a conditional model draws a digit's
+# shape (confident share 0.85 -> 0.70), and a digit is no stationary texture (RESULTS.md: "Gaussian below SNR 0.1").
 SAMPLING_DEFAULTS = {
     "coffee": dict(gauss_snr=0.1),
     "cifar10": dict(gauss_snr=0.1),
