@@ -16,12 +16,12 @@ import torch
 @torch.no_grad()
 def fit_gaussian(images, chunk=1024):
     """{'mean': C×H×W, 'spectrum': H×W×C×C×2 (real, imaginary)} of uint8 N×C×H×W images in model space [-1, 1]."""
-    x = images.float() / 127.5 - 1
-    mean = x.mean(0)
-    n, c, h, w = x.shape
+    n, c, h, w = images.shape
+    to_model = lambda u8: u8.float() / 127.5 - 1  # noqa: E731  (a chunk at a time: no float copy of the whole set)
+    mean = sum(to_model(images[i:i + chunk]).sum(0) for i in range(0, n, chunk)) / n
     s = torch.zeros(h, w, c, c, dtype=torch.complex64)
     for i in range(0, n, chunk):
-        f = torch.fft.fft2(x[i:i + chunk] - mean, norm="ortho")  # white noise of variance v stays v per frequency
+        f = torch.fft.fft2(to_model(images[i:i + chunk]) - mean, norm="ortho")  # white noise of variance v stays v
         s += torch.einsum("nchw,ndhw->hwcd", f, f.conj())
     return {"mean": mean, "spectrum": torch.view_as_real(s / n).contiguous()}
 
