@@ -14,8 +14,19 @@ import torch
 
 
 @torch.no_grad()
-def fit_gaussian(images, chunk=1024):
-    """{'mean': C×H×W, 'spectrum': H×W×C×C×2 (real, imaginary)} of uint8 N×C×H×W images in model space [-1, 1]."""
+def fit_gaussian(images, labels=None, num_classes=0, chunk=1024):
+    """{'mean': C×H×W, 'spectrum': H×W×C×C×2 (real, imaginary)} of uint8 N×C×H×W images in model space [-1, 1].
+    With labels and num_classes > 0 also one Gaussian per class, stacked ('class_mean': K×C×H×W,
+    'class_spectrum': K×H×W×C×C×2), for a class-conditional model: its label decides the top levels too."""
+    out = _fit(images, chunk)
+    if labels is not None and num_classes > 0:
+        per = [_fit(images[labels == k], chunk) if (labels == k).any() else out for k in range(num_classes)]
+        out["class_mean"] = torch.stack([p["mean"] for p in per])
+        out["class_spectrum"] = torch.stack([p["spectrum"] for p in per])
+    return out
+
+
+def _fit(images, chunk):
     n, c, h, w = images.shape
     to_model = lambda u8: u8.float() / 127.5 - 1  # noqa: E731  (a chunk at a time: no float copy of the whole set)
     mean = sum(to_model(images[i:i + chunk]).sum(0) for i in range(0, n, chunk)) / n
@@ -26,11 +37,25 @@ def fit_gaussian(images, chunk=1024):
     return {"mean": mean, "spectrum": torch.view_as_real(s / n).contiguous()}
 
 
-def gaussian_x0(stats, xt, alpha, sigma):
+def gaussian_x0(stats, xt, alpha, sigma, labels=None, cfg=None):
     """E[x0 | x_t] for x_t = α x0 + σ ε and x0 ~ N(mean, Σ): mean + α Σ (α² Σ + σ² I)⁻¹ (x_t − α mean),
-    each frequency on its own."""
-    mean = stats["mean"].to(xt.device)
-    s = torch.view_as_complex(stats["spectrum"].to(xt.device).float())
+    each frequency on its own. With labels (and the per-class Gaussians) each image takes its class's; with a
+    guidance scale cfg, as the network's: x̂0 = x̂0(all) + cfg (x̂0(class) − x̂0(all))."""
+    pooled = _x0(stats["mean"], stats["spectrum"], xt, alpha, sigma)
+    if labels is None or "class_mean" not in stats:
+        return pooled
+    out = pooled.clone()
+    for k in labels.unique().tolist():
+        if k >= len(stats["class_mean"]):  # the null label: unconditional
+            continue
+        i = labels == k
+        out[i] = _x0(stats["class_mean"][k], stats["class_spectrum"][k], xt[i], alpha, sigma)
+    return out if cfg is None or cfg == 1.0 else pooled + cfg * (out - pooled)
+
+
+def _x0(mean, spectrum, xt, alpha, sigma):
+    mean = mean.to(xt.device)
+    s = torch.view_as_complex(spectrum.to(xt.device).float())
     c = s.shape[-1]
     gain = alpha * torch.linalg.solve(alpha ** 2 * s + sigma ** 2 * torch.eye(c, device=xt.device), s)  # H×W×C×C
     f = torch.fft.fft2(xt.float() - alpha * mean, norm="ortho")

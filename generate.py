@@ -121,19 +121,23 @@ def default_gauss_snr(ck):
 
 def data_gaussian(ck):
     """The checkpoint's training data as a Gaussian (gaussian.py): stored by training, or, for a checkpoint
-    made before it was, fitted to its data again."""
+    made before it was (or before a conditional model's stored one per class), fitted to its data again."""
     stored = (ck.get("objective") or {}).get("gauss")
-    if stored is not None:
+    cond = ck["args"].get("cond")
+    if stored is not None and (not cond or "class_mean" in stored):
         return stored
     import argparse
     from data import DataError, data_from_args
     from gaussian import fit_gaussian
     a = {"download": False, "folds": None, "n_maps": 10000, **ck["args"]}
     try:
-        return fit_gaussian(data_from_args(argparse.Namespace(**a)).images)
+        data = data_from_args(argparse.Namespace(**a))
     except DataError as e:
+        if stored is not None:  # the pooled Gaussian still serves; the label then waits for the network's levels
+            return stored
         raise UserError(f"--gauss-snr needs the training data's statistics, which this checkpoint does not hold, "
                         f"and its data cannot be read ({e})")
+    return fit_gaussian(data.images, data.labels, data.num_classes if cond else 0)
 
 
 def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start=None, noise=0.0, labels=None,

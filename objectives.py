@@ -112,7 +112,8 @@ the mean stopped in L_vlb). See losses.py.
         self.args = args
         self.sched = Schedule.make(args.schedule, args.T, args.schedule_shift)
         self.num_classes = data.num_classes if args.cond else 0
-        self.gauss = fit_gaussian(data.images)  # the data as a Gaussian, for sampling's --gauss-snr (gaussian.py)
+        # the data as a Gaussian (one per class for a conditional model), for sampling's --gauss-snr (gaussian.py)
+        self.gauss = fit_gaussian(data.images, data.labels, self.num_classes)
         return dict(learn_sigma=args.learn_sigma)
 
     def loss(self, model, x0, y, gen, part):

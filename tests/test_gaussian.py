@@ -6,7 +6,7 @@ import torch
 from checkpoint import load_checkpoint
 from cli import UserError
 from gaussian import fit_gaussian, gaussian_x0
-from generate import generate_ddpm, generate_from_checkpoint
+from generate import data_gaussian, generate_ddpm, generate_from_checkpoint
 from schedules import Schedule
 from test_samplers import tiny_model
 
@@ -75,6 +75,74 @@ def test_sampling_only_with_the_closed_form_draws_the_datas_colours():
     data = images.float() / 127.5 - 1
     for got, want in ((x.mean(dim=(0, 2, 3)), data.mean(dim=(0, 2, 3))), (x.std(dim=(0, 2, 3)), data.std(dim=(0, 2, 3)))):
         assert (got - want).abs().max() < 0.05 * data.std().item() + 0.01, (got, want)
+
+
+def _two_colours(n=1200, size=8):
+    """Labelled images: class 0 reddish, class 1 bluish (3 channels), as uint8 plus labels."""
+    images = _images(n, 3, size)
+    labels = torch.arange(n) % 2
+    shift = torch.tensor([[40, 0, -40], [-40, 0, 40]])[labels].view(n, 3, 1, 1)
+    return (images.int() + shift).clamp(0, 255).to(torch.uint8), labels
+
+
+def test_per_class_gaussians_are_each_class_fitted_alone():
+    images, labels = _two_colours(400, 4)
+    stats = fit_gaussian(images, labels, 3)  # class 2 has no images: it takes the pooled Gaussian
+    pooled = fit_gaussian(images)
+    assert torch.equal(stats["mean"], pooled["mean"]) and torch.equal(stats["spectrum"], pooled["spectrum"])
+    assert stats["class_mean"].shape == (3, 3, 4, 4) and stats["class_spectrum"].shape == (3, 4, 4, 3, 3, 2)
+    for k in range(2):
+        alone = fit_gaussian(images[labels == k])
+        assert torch.allclose(stats["class_mean"][k], alone["mean"])
+        assert torch.allclose(stats["class_spectrum"][k], alone["spectrum"])
+    assert torch.equal(stats["class_mean"][2], pooled["mean"])
+    assert "class_mean" not in fit_gaussian(images, labels, 0)  # unconditional: one Gaussian
+
+
+def test_gaussian_x0_takes_each_images_class_and_guides_like_the_network():
+    """Each image takes its class's posterior mean, the null label the pooled one; with a guidance scale w,
+    pooled + w (class − pooled), the network's classifier-free guidance."""
+    images, labels = _two_colours(400, 4)
+    stats = fit_gaussian(images, labels, 2)
+    xt = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    lab = torch.tensor([1, 0, 2])  # 2: the null label
+    alpha, sigma = 0.3, 0.95
+    alone = [gaussian_x0(fit_gaussian(images[labels == k]), xt, alpha, sigma) for k in range(2)]
+    pooled = gaussian_x0(fit_gaussian(images), xt, alpha, sigma)
+    got = gaussian_x0(stats, xt, alpha, sigma, lab)
+    for i, want in enumerate((alone[1][0], alone[0][1], pooled[2])):
+        assert torch.allclose(got[i], want, atol=1e-5), i
+    guided = gaussian_x0(stats, xt, alpha, sigma, lab, cfg=3.0)
+    assert torch.allclose(guided, pooled + 3.0 * (got - pooled), atol=1e-5)
+    assert torch.allclose(gaussian_x0(stats, xt, alpha, sigma), pooled, atol=1e-6)  # no labels: pooled
+
+
+def test_sampling_only_with_the_closed_form_draws_each_labels_colours():
+    images, labels = _two_colours()
+    stats = fit_gaussian(images, labels, 2)
+    model = tiny_model(c=3, size=8)
+    model.forward = None  # never called
+    lab = torch.arange(400) % 2
+    x = generate_ddpm(model, Schedule.make("cosine", 1000), "v", 400, "cpu", steps=100, labels=lab, gauss=stats,
+                      gauss_snr=1e12)
+    data = images.float() / 127.5 - 1
+    for k in range(2):
+        got, want = x[lab == k].mean(dim=(0, 2, 3)), data[labels == k].mean(dim=(0, 2, 3))
+        assert (got - want).abs().max() < 0.05, (k, got, want)  # the classes' means differ by 0.63 in R and B
+
+
+def test_a_conditional_checkpoint_carries_one_gaussian_per_class(cond_run):
+    ck = load_checkpoint(str(cond_run[0] / "ckpt.pt"))
+    g = ck["objective"]["gauss"]
+    assert g["class_mean"].shape == (2, 3, 16, 16) and g["class_spectrum"].shape == (2, 16, 16, 3, 3, 2)
+    x, info = generate_from_checkpoint(ck, 4, "cpu", gauss_snr=0.1, cfg=2.0, progress=False)
+    assert torch.isfinite(x).all() and info["gauss_snr"] == 0.1
+    for k in ("class_mean", "class_spectrum"):  # from before per-class statistics were stored: fitted again ...
+        del g[k]
+    ck["args"]["n_maps"] = 128
+    assert "class_mean" in data_gaussian(ck)
+    ck["args"].update(data="mnist", data_root=str(cond_run[0] / "nowhere"))  # ... or, its data gone, the pooled one
+    assert data_gaussian(ck) is g
 
 
 def test_a_checkpoint_carries_its_data_gaussian_and_the_closed_form_levels_save_network_calls(ddpm_run, zoom_run):
