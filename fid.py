@@ -13,7 +13,8 @@ fid.py trains once on the reference dataset's training split and caches; it adds
 of the samples, its entropy / log K, the share of confident samples, the Inception-Score formula on its
 logits, and grids of the most and least confident ones). The FID Inception weights end at pool3, so
 there is no Inception Score on them: the card says so. Generated images are quantised to uint8 before
-scoring, like saved PNGs. Every score is appended as a card (one JSON line) to scores.jsonl in the run folder (or --out).
+scoring, like saved PNGs. Every score is appended as a card (one JSON line) to scores.jsonl in the run folder (or --out);
+images generated from a checkpoint are kept beside it first (samples_LABEL.npz, for --samples).
 """
 import argparse
 import datetime
@@ -197,6 +198,15 @@ def sample_jobs(args, device, precision):
                 yield label, to_uint8(x), card, args.out or os.path.dirname(path)
 
 
+def keep_samples(images, out, label):
+    """out/samples_LABEL.npz in sample.py's layout (N×H×W×C uint8), written whole or not at all."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"samples_{label}.npz")
+    np.savez_compressed(path + ".part.npz", images=images.permute(0, 2, 3, 1).numpy())
+    os.replace(path + ".part.npz", path)
+    return path
+
+
 def default_ref(args):
     if args.ref:
         return args.ref
@@ -297,6 +307,8 @@ def _main(args):
     where = provenance(device)  # machine, date, commit and this command, on every card
     real = {}
     for label, images, card, out in sample_jobs(args, device, precision):
+        if args.ckpt:  # generated images outlive a scoring cut short: re-score them with --samples
+            card = dict(card, samples=keep_samples(images, out, label))
         size, channels = images.shape[-1], images.shape[1]
         if size not in real:  # the reference's colours, for the colour check on every card
             ref_images = load_ref_data(ref_name, ref_split, args.data_root, size).images

@@ -116,7 +116,7 @@ def schedule_of(ck):
 
 
 def default_gauss_snr(ck):
-    return sampling_defaults(ck["args"]["data"]).get("gauss_snr", 0.0)
+    return sampling_defaults(ck["args"]["data"], bool(ck["args"].get("cond"))).get("gauss_snr", 0.0)
 
 
 def data_gaussian(ck):

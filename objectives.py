@@ -128,7 +128,7 @@ the mean stopped in L_vlb). See losses.py.
     def sample(self, model, n, labels, device, seed=0):
         return generate_ddpm(model, self.sched, self.args.pred, n, device, self.args.grid_sampler,
                              self.args.grid_steps, labels=labels, seed=seed, gauss=self.gauss,
-                             gauss_snr=sampling_defaults(self.args.data).get("gauss_snr", 0.0))
+                             gauss_snr=sampling_defaults(self.args.data, self.num_classes > 0).get("gauss_snr", 0.0))
 
     def state(self):
         return {"gauss": self.gauss}

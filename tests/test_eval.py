@@ -214,6 +214,12 @@ def test_fid_cli_checkpoint_sweep_and_samples(ddpm_run, tmp_path):
         assert c["ref"] == "maps:test" and c["n"] == 6 and c["n_ref"] == 6 and c["ema"] and c["sampler"] == d
         assert c["spacing"] == "karras" and 0 <= c["colour_gap"] and len(c["ref_channel_mean"]) == 3
         assert c["fd"] > 0 and 0 <= c["precision"] <= 1 and len(c["extractor_sha256"]) == 64 and "299" in c["resize"]
+    kept = cards[1]["samples"]  # the generated images, kept before scoring: the same score again without sampling
+    assert kept == str(out / f"samples_{d}2.npz") and not list(out.glob("*.part*"))
+    code, log = run_here("fid.py", "--samples", kept, "--ref", "maps:test", "--n-ref", "6", "--cache-dir", str(cache),
+                         "--out", str(tmp_path / "again"))
+    again = json.loads(open(tmp_path / "again" / "scores.jsonl").read())
+    assert abs(again["fd"] - cards[1]["fd"]) < 1e-6 * cards[1]["fd"] and again["n"] == 6
     run_here("sample.py", "--ckpt", str(run_dir / "ckpt.pt"), "--n", "6", "--steps", "2", "--out", str(tmp_path / "s"),
              "--device", "cpu")
     code, log = run_here("fid.py", "--samples", str(tmp_path / "s"), "--ref", "maps:test", "--n-ref", "6",

@@ -137,6 +137,10 @@ def test_a_conditional_checkpoint_carries_one_gaussian_per_class(cond_run):
     assert g["class_mean"].shape == (2, 3, 16, 16) and g["class_spectrum"].shape == (2, 16, 16, 3, 3, 2)
     x, info = generate_from_checkpoint(ck, 4, "cpu", gauss_snr=0.1, cfg=2.0, progress=False)
     assert torch.isfinite(x).all() and info["gauss_snr"] == 0.1
+    plain = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0, progress=False)[1]["nfe"]
+    ck["args"]["data"] = "mnist"  # a conditional MNIST model takes its labels' Gaussians by default (recipes.py)
+    assert generate_from_checkpoint(ck, 2, "cpu", progress=False)[1]["nfe"] < plain
+    ck["args"]["data"] = "maps"
     for k in ("class_mean", "class_spectrum"):  # from before per-class statistics were stored: fitted again ...
         del g[k]
     ck["args"]["n_maps"] = 128
