@@ -81,9 +81,9 @@ def _main(args):
     train_s = time.time() - t0
     print(f"trained {step} steps ({step * args.batch} images) in {train_s:.0f} s: "
           f"{step * args.batch / train_s:.1f} img/s")
-    with open(os.path.join(out, "anchor.json"), "w") as f:
-        json.dump(dict(provenance(torch.device("cpu")), args=vars(args), step=step, train_seconds=round(train_s, 1),
-                       img_per_s=round(step * args.batch / train_s, 2)), f, indent=1)
+    record = dict(provenance(torch.device("cpu")), args=vars(args), step=step, train_seconds=round(train_s, 1),
+                  img_per_s=round(step * args.batch / train_s, 2), sampled={})
+    _write_json(record, os.path.join(out, "anchor.json"))
     for which in args.weights.split(","):
         model = (ema.ema_model if which == "ema" else diffusion).eval()
         t0, images = time.time(), []
@@ -93,7 +93,16 @@ def _main(args):
         u8 = to_uint8(torch.cat(images))
         path = os.path.join(out, "samples.npz" if which == "ema" else "samples_raw.npz")
         np.savez_compressed(path, images=u8.permute(0, 2, 3, 1).numpy())
+        record["sampled"][os.path.basename(path)] = dict(weights=which, sampler="ddim", steps=args.steps,
+                                                         seconds=round(time.time() - t0, 1))
+        _write_json(record, os.path.join(out, "anchor.json"))  # fid.py puts the sampling on the card
         print(f"{args.n} images ({which} weights) in {time.time() - t0:.0f} s -> {path} (score with fid.py --samples)")
+
+
+def _write_json(obj, path):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

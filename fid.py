@@ -158,6 +158,10 @@ def sample_jobs(args, device, precision):
                 a = json.load(f)
             card.update(step=a.get("step"), train_minutes=round(a.get("train_seconds", 0) / 60, 2),
                         train={k: a.get(k) for k in ("machine", "date", "commit", "command")})
+            s = a.get("sampled", {}).get(os.path.basename(args.samples))
+            if s:  # how these samples were drawn: the sampler, its network calls, which weights and how long
+                card.update(sampler=s["sampler"], steps=s["steps"], nfe=s["steps"], ema=s["weights"] == "ema",
+                            gen_seconds=s["seconds"])
         yield os.path.basename(os.path.normpath(args.samples)), x, card, args.out or folder
         return
     from generate import generate_from_checkpoint, parse_labels

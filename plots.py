@@ -166,20 +166,21 @@ def _cell(c, latest=True):
     """One results row from a score card; latest: the card scored its checkpoint file as it is now (a run's
     picture is drawn from the file, so a card of the same file before a resume gets none)."""
     what = c.get("source", "?")
+    # a picture of the run (of this checkpoint, if it is not the run's last), when one was kept; named by
+    # the run's path under runs/ (runs/distill_cifar/ct/ckpt_5min.pt -> distill_cifar_ct_ckpt_5min.jpg,
+    # runs/anchor/samples_raw.npz -> anchor_samples_raw.jpg)
+    parts = os.path.normpath(os.path.splitext(what)[0]).split(os.sep)
+    parts = parts[parts.index("runs") + 1:] if "runs" in parts else parts[-2:]
+    # sampled with guidance or the Gaussian's levels: the picture of that sampling (..._cfg3.jpg, ..._gauss.jpg)
+    variant = (f"_cfg{c['cfg']:g}" if c.get("cfg") is not None else "") + ("_gauss" if c.get("gauss_snr") else "")
+    grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + variant + ".jpg")
+    picture = f" [samples]({grid})" if latest and os.path.isfile(grid) else ""
     if c.get("kind"):
         minutes = f", {c['train_minutes']:.0f} min" if c.get("train_minutes") else ""
         run = os.path.basename(os.path.dirname(what))
-        # a picture of the run (of this checkpoint, if it is not the run's last), when one was kept; named by
-        # the run's path under runs/ (runs/distill_cifar/ct/ckpt_5min.pt -> distill_cifar_ct_ckpt_5min.jpg)
-        parts = os.path.normpath(os.path.splitext(what)[0]).split(os.sep)
-        parts = parts[parts.index("runs") + 1:] if "runs" in parts else parts[-2:]
-        # sampled with guidance or the Gaussian's levels: the picture of that sampling (..._cfg3.jpg, ..._gauss.jpg)
-        variant = (f"_cfg{c['cfg']:g}" if c.get("cfg") is not None else "") + ("_gauss" if c.get("gauss_snr") else "")
-        grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + variant + ".jpg")
-        what = (f"{c['kind']} on {c.get('data', '?')}, step {c.get('step')}{minutes} ({run})"
-                + (f" [samples]({grid})" if latest and os.path.isfile(grid) else ""))
+        what = f"{c['kind']} on {c.get('data', '?')}, step {c.get('step')}{minutes} ({run})" + picture
     elif c.get("step"):  # samples from elsewhere whose training is on record (anchor_lucidrains.py)
-        what += f", step {c['step']}" + (f", {c['train_minutes']:.0f} min" if c.get("train_minutes") else "")
+        what += f", step {c['step']}" + (f", {c['train_minutes']:.0f} min" if c.get("train_minutes") else "") + picture
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"
            + (f" · cfg {c['cfg']:g}" if c.get("cfg") is not None else "")
            + (f" · Gaussian below SNR {c['gauss_snr']:g}" if c.get("gauss_snr") else "")

@@ -279,7 +279,8 @@ def test_fid_classifier_on_labelled_folder(tmp_path):
     fake = np.clip(215 + gen.normal(0, 20, (12, 16, 16, 3)), 0, 255).astype(np.uint8)  # all "bright"
     np.savez(tmp_path / "fake.npz", images=fake)
     made_by = dict(machine="a CPU", date="2026-01-01", commit="abc1234", command="python anchor_lucidrains.py --lr 3e-4",
-                   step=123, train_seconds=600.0)  # anchor_lucidrains.py's record beside its samples
+                   step=123, train_seconds=600.0,  # anchor_lucidrains.py's record beside its samples
+                   sampled={"fake.npz": dict(weights="raw", sampler="ddim", steps=15, seconds=90.0)})
     (tmp_path / "anchor.json").write_text(json.dumps(made_by))
     args = ["fid.py", "--samples", str(tmp_path / "fake.npz"), "--ref", f"folder:{tmp_path / 'ref'}", "--extractor",
             "classifier", "--n-ref", "60", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
@@ -289,6 +290,7 @@ def test_fid_classifier_on_labelled_folder(tmp_path):
     code, page = run_here("plots.py", "results", str(tmp_path / "scores.jsonl"))
     row = [line for line in page.splitlines() if "fake.npz" in line][0]
     assert "step 123, 10 min" in row and "`python anchor_lucidrains.py --lr 3e-4` (a CPU, abc1234)" in row, row
+    assert card["nfe"] == 15 and card["ema"] is False and "ddim · 15 · NFE 15 · raw · 90 s" in row, row
     assert card["histogram"] == [1.0, 0.0] and card["entropy_ratio"] == 0.0  # classes sorted: bright, dark
     assert card["confident_share"] > 0.9 and card["class_names"] == ["bright", "dark"]
     assert (tmp_path / "confident_fake.npz_most.png").exists() and (tmp_path / "confident_fake.npz_least.png").exists()

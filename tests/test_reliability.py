@@ -212,6 +212,8 @@ def test_anchor_lucidrains_writes_samples_fid_reads(tmp_path):
         assert x.shape == (3, 3, 16, 16) and x.dtype == torch.uint8
     made_by = json.load(open(out / "anchor.json"))
     assert made_by["step"] >= 1 and made_by["command"].startswith("python anchor_lucidrains.py")
+    assert {k: (v["weights"], v["steps"]) for k, v in made_by["sampled"].items()} == {
+        "samples.npz": ("ema", 2), "samples_raw.npz": ("raw", 2)}  # fid.py puts these on the cards
 
 
 def test_fid_samples_a_conditional_checkpoint_class_by_class(tmp_path):
