@@ -250,7 +250,7 @@ def results_page(files):
     for ref, cards in sorted(groups.items()):
         out += [f"## against {ref}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in sorted(cards, key=lambda c: (c.get("extractor", ""), c.get("n", 0), c.get("fd", 0))):
-            cells = _cell(c, latest=(c.get("step") or 0) == last_step.get(c.get("source"), 0))
+            cells = _cell(c, latest=(c.get("step") or 0) == last_step.get(c.get("source"), c.get("step") or 0))
             out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |")
         out.append("")
     if speed:
