@@ -37,10 +37,9 @@ def _fit(images, chunk):
     return {"mean": mean, "spectrum": torch.view_as_real(s / n).contiguous()}
 
 
-def gaussian_x0(stats, xt, alpha, sigma, labels=None, cfg=None):
+def gaussian_x0(stats, xt, alpha, sigma, labels=None):
     """E[x0 | x_t] for x_t = α x0 + σ ε and x0 ~ N(mean, Σ): mean + α Σ (α² Σ + σ² I)⁻¹ (x_t − α mean),
-    each frequency on its own. With labels (and the per-class Gaussians) each image takes its class's; with a
-    guidance scale cfg, as the network's: x̂0 = x̂0(all) + cfg (x̂0(class) − x̂0(all))."""
+    each frequency on its own. With labels (and the per-class Gaussians) each image takes its class's."""
     pooled = _x0(stats["mean"], stats["spectrum"], xt, alpha, sigma)
     if labels is None or "class_mean" not in stats:
         return pooled
@@ -50,7 +49,7 @@ def gaussian_x0(stats, xt, alpha, sigma, labels=None, cfg=None):
             continue
         i = labels == k
         out[i] = _x0(stats["class_mean"][k], stats["class_spectrum"][k], xt[i], alpha, sigma)
-    return out if cfg is None or cfg == 1.0 else pooled + cfg * (out - pooled)
+    return out
 
 
 def _x0(mean, spectrum, xt, alpha, sigma):

@@ -136,14 +136,15 @@ def make_denoiser(model, sched, pred, labels=None, cfg=None, num_classes=0, clip
     from the clipped x0), var_out = the learned-variance channels or None. With labels and a guidance
     scale w (Ho & Salimans 2022): out = out_null + w (out_cond − out_null); w = 0 is unconditional,
     w = 1 conditional (one network call). Levels with SNR < gauss_snr take the closed-form x̂0 of the data's
-    Gaussian `gauss` (gaussian.py), the label's own and guided alike where it holds one per class, and call
-    no network."""
+    Gaussian `gauss` (gaussian.py), the label's own where it holds one per class, and call no network. Those
+    levels are not guided: the class Gaussian is already the exact conditional x̂0 of its model, and extrapolating
+    it away from the pooled one (w > 1) pushes the images' colours past the data's."""
     def denoise(x, t):
         b, c = x.shape[:2]
         if gauss is not None and sched.snr()[int(t)] < gauss_snr:
             abar = sched.abar[int(t)].item()
             alpha, sigma = abar ** 0.5, (1 - abar) ** 0.5
-            x0 = gaussian_x0(gauss, x, alpha, sigma, labels, cfg)
+            x0 = gaussian_x0(gauss, x, alpha, sigma, labels)
             x0 = x0.clamp(-1, 1) if clip else x0
             return x0, (x - alpha * x0) / sigma, None
         tt = torch.full((b,), int(t), device=x.device)

@@ -7,6 +7,7 @@ from checkpoint import load_checkpoint
 from cli import UserError
 from gaussian import fit_gaussian, gaussian_x0
 from generate import data_gaussian, generate_ddpm, generate_from_checkpoint
+from samplers import make_denoiser
 from schedules import Schedule
 from test_samplers import tiny_model
 
@@ -99,9 +100,8 @@ def test_per_class_gaussians_are_each_class_fitted_alone():
     assert "class_mean" not in fit_gaussian(images, labels, 0)  # unconditional: one Gaussian
 
 
-def test_gaussian_x0_takes_each_images_class_and_guides_like_the_network():
-    """Each image takes its class's posterior mean, the null label the pooled one; with a guidance scale w,
-    pooled + w (class − pooled), the network's classifier-free guidance."""
+def test_gaussian_x0_takes_each_images_class():
+    """Each image takes its class's posterior mean, the null label the pooled one."""
     images, labels = _two_colours(400, 4)
     stats = fit_gaussian(images, labels, 2)
     xt = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(2))
@@ -112,9 +112,25 @@ def test_gaussian_x0_takes_each_images_class_and_guides_like_the_network():
     got = gaussian_x0(stats, xt, alpha, sigma, lab)
     for i, want in enumerate((alone[1][0], alone[0][1], pooled[2])):
         assert torch.allclose(got[i], want, atol=1e-5), i
-    guided = gaussian_x0(stats, xt, alpha, sigma, lab, cfg=3.0)
-    assert torch.allclose(guided, pooled + 3.0 * (got - pooled), atol=1e-5)
     assert torch.allclose(gaussian_x0(stats, xt, alpha, sigma), pooled, atol=1e-6)  # no labels: pooled
+
+
+def test_guidance_leaves_the_closed_form_levels_alone():
+    """Under --cfg w the Gaussian levels give each image its class's x̂0 as it is (w = 1 there): extrapolating
+    the class means away from the pooled one would push colours past the data's. Network levels are guided."""
+    images, labels = _two_colours(400, 4)
+    stats = fit_gaussian(images, labels, 2)
+    sched = Schedule.make("cosine", 1000)
+    model = tiny_model(c=3, size=4, num_classes=2)
+    lab = torch.tensor([1, 0, 2])
+    xt = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    t = 990  # SNR far below 0.1
+    abar = sched.abar[t].item()
+    want = gaussian_x0(stats, xt, abar ** 0.5, (1 - abar) ** 0.5, lab).clamp(-1, 1)
+    guided = make_denoiser(model, sched, "v", lab, 3.0, 2, gauss=stats, gauss_snr=0.1)
+    assert torch.allclose(guided(xt, t)[0], want, atol=1e-6)
+    plain = make_denoiser(model, sched, "v", lab, None, 2, gauss=stats, gauss_snr=0.1)
+    assert not torch.allclose(guided(xt, 10)[0], plain(xt, 10)[0])  # where the network runs, w still acts
 
 
 def test_sampling_only_with_the_closed_form_draws_each_labels_colours():
