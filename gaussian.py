@@ -40,15 +40,15 @@ def _fit(images, chunk):
 def gaussian_x0(stats, xt, alpha, sigma, labels=None):
     """E[x0 | x_t] for x_t = α x0 + σ ε and x0 ~ N(mean, Σ): mean + α Σ (α² Σ + σ² I)⁻¹ (x_t − α mean),
     each frequency on its own. With labels (and the per-class Gaussians) each image takes its class's."""
-    pooled = _x0(stats["mean"], stats["spectrum"], xt, alpha, sigma)
     if labels is None or "class_mean" not in stats:
-        return pooled
-    out = pooled.clone()
+        return _x0(stats["mean"], stats["spectrum"], xt, alpha, sigma)
+    out = torch.empty(xt.shape, device=xt.device)
     for k in labels.unique().tolist():
-        if k >= len(stats["class_mean"]):  # the null label: unconditional
-            continue
         i = labels == k
-        out[i] = _x0(stats["class_mean"][k], stats["class_spectrum"][k], xt[i], alpha, sigma)
+        if k < len(stats["class_mean"]):
+            out[i] = _x0(stats["class_mean"][k], stats["class_spectrum"][k], xt[i], alpha, sigma)
+        else:  # the null label: unconditional
+            out[i] = _x0(stats["mean"], stats["spectrum"], xt[i], alpha, sigma)
     return out
 
 
