@@ -75,6 +75,8 @@ def main():
     g.add_argument("--cfg", type=FINITE, default=None)
     g.add_argument("--gauss-snr", type=NONNEG, default=None,
                    help="levels with SNR below this take the data's closed-form Gaussian x̂0 (see sample.py)")
+    g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip each step's x̂0 to [-1, 1] (default: the data's, see sample.py)")
     g.add_argument("--start", default=None, help="zoom start state(s): hist, single, bank, gmm; comma-separated "
                                                    "for a table")
     g.add_argument("--noise", type=NONNEG, default=0.0, help="zoom: noise std injected while sampling")
@@ -186,9 +188,10 @@ def sample_jobs(args, device, precision):
                 t0 = time.time()
                 x, info = generate_from_checkpoint(ck, args.n, device, sampler or None, st, args.eta, start,
                                                    args.noise, labels, args.cfg, args.seed, args.batch, precision,
-                                                   ema=not args.raw, spacing=args.spacing, gauss_snr=args.gauss_snr)
+                                                   ema=not args.raw, spacing=args.spacing, gauss_snr=args.gauss_snr,
+                                                   clip=args.clip)
                 gen_s = time.time() - t0
-                label = f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
+                label = f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"])) + ("_noclip" if info.get("clip") is False else "")
                 if len(args.ckpt) > 1:  # name the checkpoint too: teacher and student side by side
                     run = os.path.basename(os.path.dirname(os.path.abspath(path)))
                     stem = os.path.splitext(os.path.basename(path))[0]

@@ -69,9 +69,10 @@ def _snapshot(snapshots, start):
 @torch.no_grad()
 def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0.0, labels=None, cfg=None, seed=0,
                   batch=None, precision="fp32", first_index=0, progress=False, snapshots=None, spacing=None,
-                  gauss=None, gauss_snr=0.0):
+                  gauss=None, gauss_snr=0.0, clip=True):
     """n images in [-1, 1]. Image k starts from, and draws, the noise of (seed, first_index + k). Levels with
-    SNR < gauss_snr take the closed-form x̂0 of the data's Gaussian `gauss` instead of the network."""
+    SNR < gauss_snr take the closed-form x̂0 of the data's Gaussian `gauss` instead of the network. clip: clip
+    every step's x̂0 to [-1, 1] (the images are clamped at the end either way)."""
     model.eval()
     c, size = model.in_ch, model.size
     sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
@@ -82,7 +83,7 @@ def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0
     def one_batch(idx, start):
         noise = PerImageNoise(seed, idx, (c, size, size), device)
         lab = None if labels is None else labels[start:start + len(idx)].to(device)
-        denoise = make_denoiser(model, sched, pred, lab, cfg, model.num_classes, gauss=gauss, gauss_snr=gauss_snr)
+        denoise = make_denoiser(model, sched, pred, lab, cfg, model.num_classes, clip, gauss, gauss_snr)
         with autocast(device, precision):
             return SAMPLERS[sampler](denoise, sched, noise(), ts, noise, callback=_snapshot(snapshots, start), **extra)
     return _in_batches(n, sample_batch(device, batch), first_index, progress, f"{sampler} {len(ts)} steps", one_batch)
@@ -142,10 +143,10 @@ def data_gaussian(ck):
 
 def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start=None, noise=0.0, labels=None,
                              cfg=None, seed=0, batch=None, precision="fp32", ema=True, progress=True,
-                             snapshots=None, spacing=None, gauss_snr=None):
+                             snapshots=None, spacing=None, gauss_snr=None, clip=None):
     """n images in [-1, 1] from any checkpoint of this project, and what made them (with the NFE).
-    Flags that do not apply to the checkpoint's kind are refused before any work. gauss_snr None: the
-    default for the checkpoint's data (recipes.py)."""
+    Flags that do not apply to the checkpoint's kind are refused before any work. gauss_snr and clip None:
+    the defaults for the checkpoint's data (recipes.py)."""
     model = model_from_checkpoint(ck, ema=ema, device=device)
     if ck["kind"] == "zoom":
         sampler, start = sampler or "naive", start or "bank"
@@ -153,8 +154,8 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
             raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler naive or improved")
         if start not in STARTS:
             raise UserError(f"unknown start state '{start}'; choose one of {', '.join(STARTS)}")
-        if cfg is not None or eta or spacing or steps is not None or gauss_snr:
-            raise UserError("--cfg, --eta, --spacing, --steps and --gauss-snr are DDPM options; a zoom checkpoint walks its own T "
+        if cfg is not None or eta or spacing or steps is not None or gauss_snr or clip is not None:
+            raise UserError("--cfg, --eta, --spacing, --steps, --gauss-snr and --(no-)clip are DDPM options; a zoom checkpoint walks its own T "
                             "steps from --start (add --noise for variety)")
         obj = ck["objective"]
         x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
@@ -175,14 +176,19 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
         raise UserError(f"unknown spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
     if gauss_snr is None:  # a consistency student's first call is at pure noise: it must stay the network's
         gauss_snr = 0.0 if sampler == "consistency" else default_gauss_snr(ck)
+    if clip is None:
+        clip = sampling_defaults(ck["args"]["data"], bool(ck["args"].get("cond"))).get("clip", True)
     sched = schedule_of(ck)
     gauss = data_gaussian(ck) if gauss_snr else None
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
-                      precision, progress=progress, snapshots=snapshots, spacing=spacing, gauss=gauss, gauss_snr=gauss_snr)
+                      precision, progress=progress, snapshots=snapshots, spacing=spacing, gauss=gauss, gauss_snr=gauss_snr,
+                      clip=clip)
     guided = cfg is not None and labels is not None and cfg != 1  # two network calls per step
     ts = sampler_timesteps(sched, sampler, steps, spacing)
     calls = int((sched.snr()[ts] >= gauss_snr).sum())  # the closed-form levels call no network
     info = dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, cfg=cfg, nfe=calls * (2 if guided else 1))
+    if not clip:
+        info["clip"] = False
     return x, dict(info, gauss_snr=gauss_snr) if gauss_snr else info
 
 

@@ -126,9 +126,10 @@ the mean stopped in L_vlb). See losses.py.
         return loss, t.float() / sched.T
 
     def sample(self, model, n, labels, device, seed=0):
+        own = sampling_defaults(self.args.data, self.num_classes > 0)  # the grids sample as sample.py will
         return generate_ddpm(model, self.sched, self.args.pred, n, device, self.args.grid_sampler,
                              self.args.grid_steps, labels=labels, seed=seed, gauss=self.gauss,
-                             gauss_snr=sampling_defaults(self.args.data, self.num_classes > 0).get("gauss_snr", 0.0))
+                             gauss_snr=own.get("gauss_snr", 0.0), clip=own.get("clip", True))
 
     def state(self):
         return {"gauss": self.gauss}

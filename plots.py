@@ -172,7 +172,8 @@ def _cell(c, latest=True):
     parts = os.path.normpath(os.path.splitext(what)[0]).split(os.sep)
     parts = parts[parts.index("runs") + 1:] if "runs" in parts else parts[-2:]
     # sampled with guidance or the Gaussian's levels: the picture of that sampling (..._cfg3.jpg, ..._gauss.jpg)
-    variant = (f"_cfg{c['cfg']:g}" if c.get("cfg") is not None else "") + ("_gauss" if c.get("gauss_snr") else "")
+    variant = ((f"_cfg{c['cfg']:g}" if c.get("cfg") is not None else "") + ("_gauss" if c.get("gauss_snr") else "")
+               + ("_noclip" if c.get("clip") is False else ""))
     grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + variant + ".jpg")
     picture = f" [samples]({grid})" if latest and os.path.isfile(grid) else ""
     if c.get("kind"):
@@ -184,6 +185,7 @@ def _cell(c, latest=True):
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"
            + (f" · cfg {c['cfg']:g}" if c.get("cfg") is not None else "")
            + (f" · Gaussian below SNR {c['gauss_snr']:g}" if c.get("gauss_snr") else "")
+           + (" · x̂0 unclipped" if c.get("clip") is False else "")
            + ("" if c.get("ema", True) else " · raw")
            + (f" · {c['gen_seconds']:.0f} s" if c.get("gen_seconds") else "") if c.get("nfe") else "–")
     kid = f"{1e3 * c['kid']:.2f}" + (f" ± {1e3 * c['kid_std']:.2f}" if c.get("kid_std") is not None else "") if "kid" in c else "–"

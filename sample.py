@@ -59,6 +59,10 @@ def main():
     p.add_argument("--gauss-snr", type=NONNEG, default=None,
                    help="levels with SNR below this take the closed-form x̂0 of the training data as one Gaussian instead of the network "
                         "(no network call; gaussian.py; default: the data's, 0.1 for coffee and cifar10, else 0 = off; recipes.py)")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip each step's x̂0 to [-1, 1]; the images are clamped at the end either way. Clipping biases x̂0 "
+                        "inward wherever the data sit at the range's edge, MNIST's black background: a grey haze (default: "
+                        "the data's, recipes.py)")
     p.add_argument("--cfg", type=FINITE, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
     p.add_argument("--labels", default=None, help="comma-separated class indices, cycled (default: all classes in turn)")
     p.add_argument("--start", default=None, choices=STARTS, help="zoom only: start state (default bank)")
@@ -89,7 +93,7 @@ def _main(args):
     t0 = time.time()
     x, info = generate_from_checkpoint(ck, args.n, device, args.sampler, args.steps, args.eta, args.start, args.noise, labels,
                                        args.cfg, args.seed, args.batch, precision, ema=not args.raw, snapshots=snaps,
-                                       spacing=args.spacing, gauss_snr=args.gauss_snr)
+                                       spacing=args.spacing, gauss_snr=args.gauss_snr, clip=args.clip)
     dt = time.time() - t0
     written = save_outputs(x, out, snaps)
     what = f"start {info['start']}" if zoom else f"{info['steps']} steps"
