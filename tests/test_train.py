@@ -62,6 +62,9 @@ def test_class_conditional_cli_with_cfg(cond_run, tmp_path):
     ckpt = str(cond_run[0] / "ckpt.pt")
     run_here("sample.py", "--ckpt", ckpt, "--sampler", "ancestral", "--steps", "3", "--n", "4",
              "--cfg", "2", "--labels", "1", "--out", str(tmp_path / "s"), "--device", "cpu")
+    run_here("sample.py", "--ckpt", ckpt, "--steps", "3", "--n", "4", "--no-clip", "--out", str(tmp_path / "u"), "--device", "cpu")
+    imgs = np.load(tmp_path / "u" / "samples.npz")["images"]
+    assert imgs.shape[0] == 4 and imgs.dtype == np.uint8
     one_line_error(*run_here("sample.py", "--ckpt", ckpt, "--labels", "7", "--n", "2", "--device", "cpu", ok=False))
 
 
@@ -262,7 +265,9 @@ def test_data_chooses_its_defaults_and_the_command_line_overrides_them(monkeypat
     from objectives import DDPM, ColdZoom
     from recipes import DATA_DEFAULTS, FP32_CPU_DEFAULTS
     from trainer import parse_args
-    assert DATA_DEFAULTS["ddpm"]["mnist"] == {"cond": True}
+    assert DATA_DEFAULTS["ddpm"]["mnist"] == {"cond": True, "min_snr": 0.0}
+    assert parse_args(DDPM(), ["--data", "mnist"])[0].min_snr == 0.0 and parse_args(DDPM(), ["--data", "coffee"])[0].min_snr == 5.0
+    assert parse_args(DDPM(), ["--data", "mnist", "--min-snr", "5"])[0].min_snr == 5.0
     # The machine's entry: a CPU without fast bf16 trains the cheaper MNIST network; bf16 CPUs and GPUs the preset's.
     monkeypatch.setattr(machine, "cpu_bf16", lambda: (False, "test"))
     assert parse_args(DDPM(), ["--data", "mnist"])[0].blocks == FP32_CPU_DEFAULTS["ddpm"]["mnist"]["blocks"] == 1
@@ -307,3 +312,11 @@ def test_lr_warms_up_holds_then_cools_down_to_zero_at_the_end_of_the_budget(tmp_
     rows = (out / "log.csv").read_text().splitlines()[1:]
     lrs = [float(r.split(",")[3]) for r in rows]  # the lr for step k + 1, set from the progress after step k - 1
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-3 * 11 / 20, 1e-3 * 1 / 20], rel=1e-2), lrs
+
+
+def test_sampling_defaults_follow_the_data_and_the_labels():
+    from recipes import sampling_defaults
+    assert sampling_defaults("coffee") == {"gauss_snr": 0.1} and sampling_defaults("flowers102") == {}
+    # MNIST: its labels' Gaussians only for a class-conditional model (one Gaussian is no digit); unclipped either way
+    assert sampling_defaults("mnist", cond=True) == {"gauss_snr": 0.1, "clip": False}
+    assert sampling_defaults("mnist", cond=False) == {"clip": False}
