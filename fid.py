@@ -191,7 +191,8 @@ def sample_jobs(args, device, precision):
                                                    ema=not args.raw, spacing=args.spacing, gauss_snr=args.gauss_snr,
                                                    clip=args.clip)
                 gen_s = time.time() - t0
-                label = f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"])) + ("_noclip" if info.get("clip") is False else "")
+                label = (f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
+                         + ("_noclip" if info.get("clip") is False else ""))
                 if len(args.ckpt) > 1:  # name the checkpoint too: teacher and student side by side
                     run = os.path.basename(os.path.dirname(os.path.abspath(path)))
                     stem = os.path.splitext(os.path.basename(path))[0]

@@ -155,8 +155,8 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
         if start not in STARTS:
             raise UserError(f"unknown start state '{start}'; choose one of {', '.join(STARTS)}")
         if cfg is not None or eta or spacing or steps is not None or gauss_snr or clip is not None:
-            raise UserError("--cfg, --eta, --spacing, --steps, --gauss-snr and --(no-)clip are DDPM options; a zoom checkpoint walks its own T "
-                            "steps from --start (add --noise for variety)")
+            raise UserError("--cfg, --eta, --spacing, --steps, --gauss-snr and --(no-)clip are DDPM options; a zoom "
+                            "checkpoint walks its own T steps from --start (add --noise for variety)")
         obj = ck["objective"]
         x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
                           batch, progress=progress, snapshots=snapshots, precision=precision)
