@@ -58,7 +58,8 @@ def main():
     p.add_argument("--eta", type=NONNEG, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
     p.add_argument("--gauss-snr", type=NONNEG, default=None,
                    help="levels with SNR below this take the closed-form x̂0 of the training data as one Gaussian instead of the network "
-                        "(no network call; gaussian.py; default: the data's, 0.1 for coffee and cifar10, else 0 = off; recipes.py)")
+                        "(no network call; gaussian.py; default: the data's, recipes.py: 0.1 for coffee, cifar10, maps and "
+                        "class-conditional mnist, else 0 = off)")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip each step's x̂0 to [-1, 1]; the images are clamped at the end either way. Clipping biases x̂0 "
                         "inward wherever the data sit at the range's edge, MNIST's black background: a grey haze (default: "
