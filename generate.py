@@ -116,10 +116,6 @@ def schedule_of(ck):
     return Schedule.make(a["schedule"], a["T"], a.get("schedule_shift", 1.0))
 
 
-def default_gauss_snr(ck):
-    return sampling_defaults(ck["args"]["data"], bool(ck["args"].get("cond"))).get("gauss_snr", 0.0)
-
-
 def data_gaussian(ck):
     """The checkpoint's training data as a Gaussian (gaussian.py): stored by training, or, for a checkpoint
     made before it was (or before a conditional model's stored one per class), fitted to its data again."""
@@ -174,10 +170,10 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
     spacing = spacing or default_spacing(sampler)
     if spacing not in SPACINGS:
         raise UserError(f"unknown spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
+    own = sampling_defaults(ck["args"]["data"], bool(ck["args"].get("cond")))
     if gauss_snr is None:  # a consistency student's first call is at pure noise: it must stay the network's
-        gauss_snr = 0.0 if sampler == "consistency" else default_gauss_snr(ck)
-    if clip is None:
-        clip = sampling_defaults(ck["args"]["data"], bool(ck["args"].get("cond"))).get("clip", True)
+        gauss_snr = 0.0 if sampler == "consistency" else own.get("gauss_snr", 0.0)
+    clip = own.get("clip", True) if clip is None else clip
     sched = schedule_of(ck)
     gauss = data_gaussian(ck) if gauss_snr else None
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
