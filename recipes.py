@@ -7,8 +7,9 @@ DATA_DEFAULTS = {
         # Labelled digits: class-conditional, sampled over the ten classes in turn. A 20-minute
         # unconditional model still draws many shapes that are no digit. Unweighted v-loss (min-SNR off): the
         # low-noise levels that min-SNR-5 all but skips are where the black background is cleaned, and the grey
-        # speckle they left cost Inception FID 50.6 against 21.4 (N 2,000, 20 minutes, AVX2 CPU; RESULTS.md). On
-        # coffee the same change lost (FID 300 against 211): its textures need the middle levels.
+        # speckle they left cost Inception FID 50.6 against 21.4 (N 2,000 vs mnist:test, 20 minutes, AVX2 CPU;
+        # RESULTS.md). On coffee it lost (FID 300 against 211, N 476 vs coffee:test, 30 minutes, same CPU): its
+        # textures need the middle levels.
         "mnist": dict(cond=True, min_snr=0.0),
     },
 }
@@ -34,7 +35,7 @@ FP32_CPU_DEFAULTS = {
 # Gaussian for all ten digits is no digit (RESULTS.md: "Gaussian below SNR 0.1").
 # clip=False leaves each step's x̂0 unclipped: clipping drops the outward half of the network's error wherever the
 # data sit at the range's edge, and MNIST's black background turned grey (exact-zero pixels 32 % of the image
-# against 51 % unclipped and 82 % in the data; Inception FID 21.4 against 20.1, N 2,000).
+# against 51 % unclipped and 82 % in the data; Inception FID 21.4 against 20.1, N 2,000 vs mnist:test, AVX2 CPU).
 SAMPLING_DEFAULTS = {
     "coffee": dict(gauss_snr=0.1),
     "cifar10": dict(gauss_snr=0.1),
