@@ -52,7 +52,8 @@ def main():
                    help=f"DDPM: {', '.join(SAMPLERS)} (default {DEFAULT_SAMPLER}, or a distilled checkpoint's own); zoom: "
                         "naive (default), improved")
     p.add_argument("--steps", type=POSITIVE_INT, default=None,
-                   help=f"sampling steps = NFE, x2 with CFG (default {DEFAULT_STEPS}, or a distilled checkpoint's own)")
+                   help=f"levels visited (default {DEFAULT_STEPS}, or a distilled checkpoint's own); NFE: those not taken by "
+                        "--gauss-snr, x2 with CFG")
     p.add_argument("--spacing", default=None, choices=SPACINGS,
                    help="where the steps sit: uniform in t, or karras (dense at low noise); default: karras for dpmpp*, else uniform")
     p.add_argument("--eta", type=NONNEG, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
