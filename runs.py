@@ -143,7 +143,10 @@ class RunFolder:
         fake = objective.sample(model, n, labels, device, seed=self.args.seed).float().cpu()
         real = to_model(data.images[torch.randperm(len(data), generator=torch.Generator().manual_seed(self.args.seed))[:n]])
         path = os.path.join(self.out, f"samples_{tag}.png")
-        save_image(make_grid(torch.cat([fake, real]).clamp(-1, 1) * 0.5 + 0.5, nrow=int(math.ceil(n ** 0.5 / 2) * 2)), path)
+        # about square, and the real images start on a row of their own (black tiles fill the generated ones' last)
+        nrow = math.ceil((2 * n) ** 0.5)
+        fill = torch.full((-n % nrow, *fake.shape[1:]), -1.0)
+        save_image(make_grid(torch.cat([fake, fill, real]).clamp(-1, 1) * 0.5 + 0.5, nrow=nrow), path)
         return path
 
     @torch.no_grad()

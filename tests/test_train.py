@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers import HERE, TINY, one_line_error, run, run_here
 from nn_unet import build_unet
@@ -45,6 +46,12 @@ def test_loss_falls_on_a_fixed_batch(opts):
 def test_train_then_sample_cli(ddpm_run, tmp_path):
     out, log = ddpm_run
     assert "stopped (steps) at step 6" in log and (out / "ckpt.pt").exists() and (out / "samples_final.png").exists()
+    # 4 generated and 4 real 16 px tiles, 3 a row (2-pixel padding): black tiles end the generated ones' last row, so
+    # the real ones start a row of their own
+    grid = np.asarray(Image.open(out / "samples_final.png").convert("L"))
+    assert grid.shape == (4 * 18 + 2, 3 * 18 + 2)
+    tile = lambda r, c: grid[2 + 18 * r:18 * (r + 1), 2 + 18 * c:18 * (c + 1)]  # noqa: E731
+    assert tile(1, 1).max() == 0 and tile(1, 2).max() == 0 and tile(2, 0).max() > 0 and tile(1, 0).max() > 0
     with open(out / "log.csv") as f:
         rows = f.read().splitlines()
     assert rows[0] == "step,epoch,loss,lr,img_per_s,loss_q1,loss_q2,loss_q3,loss_q4,elapsed_s,ema_decay" and len(rows) == 4
