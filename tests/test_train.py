@@ -272,7 +272,10 @@ def test_data_chooses_its_defaults_and_the_command_line_overrides_them(monkeypat
     from objectives import DDPM, ColdZoom
     from recipes import DATA_DEFAULTS, FP32_CPU_DEFAULTS
     from trainer import parse_args
-    assert DATA_DEFAULTS["ddpm"]["mnist"] == {"cond": True, "min_snr": 0.0}
+    assert DATA_DEFAULTS["ddpm"]["mnist"] == {"cond": True, "min_snr": 0.0, "cooldown": 0.3, "ema_rampup": 0.03}
+    a, b = parse_args(DDPM(), ["--data", "mnist"])[0], parse_args(DDPM(), ["--data", "maps"])[0]
+    assert (a.cooldown, a.ema_rampup, b.cooldown, b.ema_rampup) == (0.3, 0.03, 0.0, 0.1)
+    assert parse_args(DDPM(), ["--data", "mnist", "--cooldown", "0"])[0].cooldown == 0.0
     assert parse_args(DDPM(), ["--data", "mnist"])[0].min_snr == 0.0 and parse_args(DDPM(), ["--data", "coffee"])[0].min_snr == 5.0
     assert parse_args(DDPM(), ["--data", "mnist", "--min-snr", "5"])[0].min_snr == 5.0
     # The machine's entry: a CPU without fast bf16 trains the cheaper MNIST network; bf16 CPUs and GPUs the preset's.
