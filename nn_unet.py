@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 # Presets: base width, channel multipliers per level, res blocks per level, attention at
 # feature maps no larger than `attn_res`, and `patch_from`: images this large or larger enter
-# as 2x2 patches (pixel unshuffle), so a 64 px image costs what a 32 px one does. On a CPU the
+# as `patch` x `patch` patches (pixel unshuffle; 2 unless set), so a 64 px image costs what a 32 px one does. On a CPU the
 # full-resolution 3x3 convs of a 64 px UNet take most of the time and buy little.
 PRESETS = {
     "tiny": dict(ch=16, mults=(1, 2), blocks=1, attn_res=8, dropout=0.0, patch_from=64, lr=1e-3),
@@ -75,12 +75,13 @@ class Attention(nn.Module):
 
 class UNet(nn.Module):
     def __init__(self, in_ch=3, size=32, ch=64, mults=(1, 2, 2), blocks=2, attn_res=8, dropout=0.0,
-                 num_classes=0, learn_sigma=False, patch_from=0):
+                 num_classes=0, learn_sigma=False, patch_from=0, patch=2):
         super().__init__()
         self.config = dict(in_ch=in_ch, size=size, ch=ch, mults=tuple(mults), blocks=blocks, attn_res=attn_res,
-                           dropout=dropout, num_classes=num_classes, learn_sigma=learn_sigma, patch_from=patch_from)
+                           dropout=dropout, num_classes=num_classes, learn_sigma=learn_sigma, patch_from=patch_from,
+                           patch=patch)
         self.in_ch, self.size, self.num_classes = in_ch, size, num_classes
-        self.patch = 2 if patch_from and size >= patch_from and size % 2 == 0 else 1
+        self.patch = patch if patch_from and size >= patch_from and size % patch == 0 else 1
         size = size // self.patch
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -152,7 +153,7 @@ def describe_unet(model, preset=""):
     n = sum(p.numel() for p in model.parameters())
     return (f"UNet{f' {preset!r}' if preset else ''}: {n / 1e6:.2f} M parameters, {c['in_ch']}x{c['size']}x{c['size']}, "
             f"ch={c['ch']} mults={c['mults']} blocks={c['blocks']} attention at <= {c['attn_res']} px"
-            + (" (2x2 patches)" if model.patch > 1 else "")
+            + (f" ({model.patch}x{model.patch} patches)" if model.patch > 1 else "")
             + (f", {c['num_classes']} classes + null" if c['num_classes'] else "")
             + (", learned variance" if c['learn_sigma'] else ""))
 

@@ -201,7 +201,7 @@ class Consistency(Objective):
     run_name = "consistency"
     frozen_args = ("teacher", "target", "halvings", "huber_c", "sample_steps")
     # What a student takes from its teacher unless typed: the data, the network, the batch.
-    TEACHER_FLAGS = ("data", "data_root", "size", "folds", "n_maps", "preset", "ch", "blocks", "patch_from", "cond",
+    TEACHER_FLAGS = ("data", "data_root", "size", "folds", "n_maps", "preset", "ch", "blocks", "patch_from", "patch", "cond",
                      "label_drop", "batch")
     description = """Distil a DDPM checkpoint of this project into a few-step consistency model.
 

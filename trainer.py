@@ -39,7 +39,10 @@ def base_parser(description):
     g.add_argument("--blocks", type=POSITIVE_INT, default=None,
                    help="override the preset's res blocks per level (default: the preset's, or recipes.py's for --data)")
     g.add_argument("--patch-from", type=NONNEG_INT, default=None,
-                   help="override the preset's patching: images this many px or larger enter as 2x2 patches (0: never)")
+                   help="override the preset's patching: images this many px or larger enter as patches (0: never)")
+    g.add_argument("--patch", type=POSITIVE_INT, default=None,
+                   help="patch side for those images (default 2: a 64 px image costs what a 32 px one does; "
+                        "4 costs what a 16 px one does)")
     g.add_argument("--cond", action=argparse.BooleanOptionalAction, default=False,
                    help="class-conditional (labelled data), label drop for CFG (default: off; on for mnist, see recipes.py)")
     g.add_argument("--label-drop", type=FRACTION, default=0.1, help="with --cond: share of labels replaced by null")
@@ -267,6 +270,9 @@ def _check_flags(args, world, data):
         raise UserError(f"--cond needs labels, and '{args.data}' has none; drop --cond")
     if len(data) < args.batch:
         raise UserError(f"the dataset has {len(data)} images, fewer than --batch {args.batch}; lower --batch")
+    patch_from = PRESETS[args.preset]["patch_from"] if args.patch_from is None else args.patch_from
+    if args.patch is not None and patch_from and data.size >= patch_from and data.size % args.patch:
+        raise UserError(f"--patch {args.patch} does not divide the {data.size} px images; pick a divisor of {data.size}")
 
 
 class Run:
@@ -305,7 +311,7 @@ class Run:
         torch.manual_seed(args.seed)  # the initial weights, and dropout's draws
         model = build_unet(args.preset, data.channels, data.size, num_classes=data.num_classes if args.cond else 0,
                            ch=args.ch, blocks=args.blocks,
-                           patch_from=args.patch_from, **model_kwargs).to(device)
+                           patch_from=args.patch_from, patch=args.patch, **model_kwargs).to(device)
         objective.init_model(model)
         log(describe_unet(model, args.preset))
         return cls(objective, args, model, data, device, precision, world, rank, resume_ck, fingerprint, log)

@@ -89,7 +89,7 @@ def test_checkpoints_kept_at_training_minutes_carry_their_time(tmp_path):
 
 
 def test_width_depth_and_patching_overrides_build_and_survive_resume(tmp_path):
-    """--ch, --blocks and --patch-from change single fields of the preset; a resumed run keeps them and
+    """--ch, --blocks, --patch-from and --patch change single fields of the preset; a resumed run keeps them and
     refuses a contradicting value in one line."""
     out = tmp_path / "run"
     run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--sample-every", "0", "--ch", "24",
@@ -101,6 +101,15 @@ def test_width_depth_and_patching_overrides_build_and_survive_resume(tmp_path):
     code, log = run_here("train_ddpm.py", "--resume", "--out", str(out), "--blocks", "1", ok=False)
     one_line_error(code, log)
     assert "--blocks 1 contradicts" in log
+    # --patch sets the patch side; one that does not divide the image is refused before any work
+    code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--sample-every", "0",
+                         "--patch-from", "16", "--patch", "4", "--out", str(tmp_path / "p4"))
+    assert torch.load(tmp_path / "p4" / "ckpt.pt", weights_only=True)["model_config"]["patch"] == 4
+    assert "4x4 patches" in log
+    code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--patch-from", "16",
+                         "--patch", "3", "--out", str(tmp_path / "p3"), ok=False)
+    one_line_error(code, log)
+    assert "--patch 3 does not divide the 16 px images" in log and not (tmp_path / "p3").exists()
 
 
 def _states(path):

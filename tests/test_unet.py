@@ -27,3 +27,18 @@ def test_any_width_builds():
     for ch in (1, 5, 7, 12, 20, 48, 56, 100):
         m = build_unet("small", 3, 16, ch=ch)
         assert m(torch.randn(2, 3, 16, 16), torch.tensor([1, 500])).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("patch,grid", [(2, 32), (4, 16)])
+def test_patching_hands_the_network_a_smaller_grid_and_returns_full_size(patch, grid):
+    """A 64 px image enters as patch x patch patches: the stem sees a grid 1/patch the size with patch² times
+    the channels, and the head's output is shuffled back to the full image."""
+    m = build_unet("small", 3, 64, patch=patch, learn_sigma=True)
+    seen = []
+    m.stem.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    x = torch.randn(2, 3, 64, 64)
+    assert m(x, torch.tensor([3, 900])).shape == (2, 6, 64, 64)
+    assert seen == [(2, 3 * patch ** 2, grid, grid)]
+    assert f"{patch}x{patch} patches" in describe_unet(m)
+    # below patch_from (64 for small) nothing is patched
+    assert build_unet("small", 3, 32, patch=4).patch == 1
