@@ -198,7 +198,8 @@ def sample_jobs(args, device, precision):
                     stem = os.path.splitext(os.path.basename(path))[0]
                     label = f"{run}{'' if stem == 'ckpt' else '_' + stem}_{label}"
                 card = dict(source=path, step=ck.get("step"), epoch=ck.get("epoch"), size=ck["args"]["size"],
-                            data=ck["args"]["data"], train=ck.get("provenance", {}),
+                            data=ck["args"]["data"],  # the resolved flags: reproducible after a default moves
+                            train={**ck.get("provenance", {}), "args": ck["args"]},
                             kind=(ck.get("objective") or {}).get("method", ck["kind"]),  # 'consistency': a student
                             train_minutes=round(ck["train_seconds"] / 60, 2) if "train_seconds" in ck else None,
                             labels="every class in turn" if labels is not None else "unconditional",

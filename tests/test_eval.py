@@ -213,6 +213,7 @@ def test_fid_cli_checkpoint_sweep_and_samples(ddpm_run, tmp_path):
     for c in cards:
         assert c["ref"] == "maps:test" and c["n"] == 6 and c["n_ref"] == 6 and c["ema"] and c["sampler"] == d
         assert c["spacing"] == "karras" and 0 <= c["colour_gap"] and len(c["ref_channel_mean"]) == 3
+        assert c["train"]["args"]["data"] == "maps" and c["train"]["args"]["lr"] > 0  # resolved, not as typed
         assert c["fd"] > 0 and 0 <= c["precision"] <= 1 and len(c["extractor_sha256"]) == 64 and "299" in c["resize"]
     kept = cards[1]["samples"]  # the generated images, kept before scoring: the same score again without sampling
     assert kept == str(out / f"samples_{d}2.npz") and not list(out.glob("*.part*"))
