@@ -185,6 +185,7 @@ def _cell(c, latest=True):
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"
            + (f" · cfg {c['cfg']:g}" if c.get("cfg") is not None else "")
            + (f" · Gaussian below SNR {c['gauss_snr']:g}" if c.get("gauss_snr") else "")
+           + (f" ({c['gauss_note']})" if c.get("gauss_note") else "")  # how older code chose a class's Gaussian
            + (" · x̂0 unclipped" if c.get("clip") is False else "")
            + ("" if c.get("ema", True) else " · raw")
            + (f" · {c['gen_seconds']:.0f} s" if c.get("gen_seconds") else "") if c.get("nfe") else "–")
