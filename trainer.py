@@ -53,14 +53,15 @@ def base_parser(description):
     g.add_argument("--warmup", type=NONNEG_INT, default=100, help="linear lr warm-up steps (default %(default)s)")
     g.add_argument("--cooldown", type=FRACTION, default=0.0,
                    help="decay the lr linearly to 0 over this last share of the budget (of --steps/--epochs, or of "
-                        "this session's --minutes): warm-up, stable, decay (0: constant lr; default 0, 0.3 for mnist: "
-                        "recipes.py)")
+                        "this session's --minutes): warm-up, stable, decay (0: constant lr; default 0, 0.3 for mnist "
+                        "and coffee: recipes.py)")
     g.add_argument("--grad-clip", type=NONNEG, default=1.0, help="max grad norm (0: off; default 1)")
     g.add_argument("--ema-halflife-kimg", type=POSITIVE, default=50.0,
                    help="EMA half-life in thousands of training images (default 50)")
     g.add_argument("--ema-rampup", type=FRACTION, default=0.1,
                    help="the EMA half-life is at most this share of the images seen so far, so a short run averages "
-                        "its last tenth rather than its start (0: off; default 0.1, 0.03 for mnist: recipes.py)")
+                        "its last tenth rather than its start (0: off; default 0.1, 0.03 for mnist and coffee: "
+                        "recipes.py)")
     g = p.add_argument_group("budget and outputs")
     g.add_argument("--epochs", type=POSITIVE_INT, default=None)
     g.add_argument("--steps", type=POSITIVE_INT, default=None, help="total optimiser steps")

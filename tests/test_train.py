@@ -285,7 +285,10 @@ def test_data_chooses_its_defaults_and_the_command_line_overrides_them(monkeypat
     a, b = parse_args(DDPM(), ["--data", "mnist"])[0], parse_args(DDPM(), ["--data", "maps"])[0]
     assert (a.cooldown, a.ema_rampup, b.cooldown, b.ema_rampup) == (0.3, 0.03, 0.0, 0.1)
     assert parse_args(DDPM(), ["--data", "mnist", "--cooldown", "0"])[0].cooldown == 0.0
-    assert parse_args(DDPM(), ["--data", "mnist"])[0].min_snr == 0.0 and parse_args(DDPM(), ["--data", "coffee"])[0].min_snr == 5.0
+    assert parse_args(DDPM(), ["--data", "mnist"])[0].min_snr == 0.0 and parse_args(DDPM(), ["--data", "cifar10"])[0].min_snr == 5.0
+    c = parse_args(DDPM(), ["--data", "coffee"])[0]
+    assert (c.pred, c.min_snr, c.cooldown, c.ema_rampup) == ("eps", 0.0, 0.3, 0.03)
+    assert parse_args(DDPM(), ["--data", "coffee", "--pred", "v"])[0].pred == "v"
     assert parse_args(DDPM(), ["--data", "mnist", "--min-snr", "5"])[0].min_snr == 5.0
     # The machine's entry: a CPU without fast bf16 trains the cheaper MNIST network; bf16 CPUs and GPUs the preset's.
     monkeypatch.setattr(machine, "cpu_bf16", lambda: (False, "test"))
