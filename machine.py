@@ -81,7 +81,11 @@ def machine_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     fast, why = cpu_bf16()
-    return f"{_cpu_flags()[0]}, {torch.get_num_threads()} threads, {why if fast else 'no fast bf16 (' + why + ')'}"
+    model, flags = _cpu_flags()
+    name = f"{model}, {torch.get_num_threads()} threads, {why if fast else 'no fast bf16 (' + why + ')'}"
+    if not fast and ("avx512_bf16" in flags or "amx_bf16" in flags):  # a bf16 CPU held back by the environment
+        name += ", on a bf16 CPU held to it by ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA"
+    return name
 
 
 def describe(device, precision):

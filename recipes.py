@@ -19,7 +19,8 @@ DATA_DEFAULTS = {
         # the noisiest levels, where an ε-network's x̂0 turns to colour clouds; the data's Gaussian now samples those
         # levels (SAMPLING_DEFAULTS), and below them ε learns the fields faster: Inception FID 135.3 after 30 minutes
         # (4,207 steps; 168.0 at 10 minutes), against 150.5 for ε without the decay and the Gaussian and 272.9 for v
-        # at 10 minutes (N 476 vs coffee:test, bf16 CPU; RESULTS.md).
+        # at 10 minutes (N 476 vs coffee:test, bf16 CPU; RESULTS.md). With AVX2 kernels in fp32: 142.3 after 30 minutes
+        # (2,864 steps), and 193.2 at 1,024 steps where v with min-SNR-5 had scored 210.6 at 1,176.
         "coffee": dict(pred="eps", min_snr=0.0, cooldown=0.3, ema_rampup=0.03),
     },
 }
