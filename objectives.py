@@ -97,7 +97,8 @@ the mean stopped in L_vlb). See losses.py.
                        help="what the network predicts (default v: an ε-network's x0 = (x_t − σ ε)/α blows up "
                             "at low SNR, and clipping it makes saturated colour clouds; --data coffee: eps, whose "
                             "noisiest levels the data's Gaussian samples)")
-        g.add_argument("--min-snr", type=NONNEG, default=5.0, help="min-SNR-γ loss weighting (0: off; default 5, 0 for --data mnist and coffee)")
+        g.add_argument("--min-snr", type=NONNEG, default=5.0,
+                       help="min-SNR-γ loss weighting (0: off; default 5, 0 for --data mnist and coffee)")
         g.add_argument("--min-snr-plus-one", action="store_true",
                        help="with --min-snr: cap 1 + SNR (v's own weight) instead of SNR, so the noisiest levels keep "
                             "their weight")
