@@ -15,12 +15,12 @@ DATA_DEFAULTS = {
         # weights scored better). At equal steps (1,902): Inception FID 15.1 against 17.8 at a constant lr with
         # the usual EMA, KID x1e3 7.1 ± 0.6 against 9.8 ± 0.7 (N 2,000, AVX2 CPU; RESULTS.md).
         "mnist": dict(cond=True, min_snr=0.0, cooldown=0.3, ema_rampup=0.03),
-        # Coffee tiles: an ε-network with the plain loss, the lr decay and the short EMA. v-prediction was chosen for
-        # the noisiest levels, where an ε-network's x̂0 turns to colour clouds; the data's Gaussian now samples those
-        # levels (SAMPLING_DEFAULTS), and below them ε learns the fields faster: Inception FID 135.3 after 30 minutes
-        # (4,207 steps; 168.0 at 10 minutes), against 150.5 for ε without the decay and the Gaussian and 272.9 for v
-        # at 10 minutes (N 476 vs coffee:test, bf16 CPU; RESULTS.md). With AVX2 kernels in fp32: 142.3 after 30 minutes
-        # (2,864 steps), and 193.2 at 1,024 steps where v with min-SNR-5 had scored 210.6 at 1,176.
+        # Coffee tiles: an ε-network with the plain loss, the lr decay and the short EMA. v guards the noisiest levels,
+        # where an ε-network's x̂0 turns to colour clouds, but the data's Gaussian samples those levels
+        # (SAMPLING_DEFAULTS), and below them ε learns the fields faster: Inception FID 135.3 after 30 minutes
+        # (4,207 steps; 168.0 at 10 minutes), against 150.5 for ε without the decay and the Gaussian; at 10 minutes
+        # ε 171.6 against 272.9 for v (N 476 vs coffee:test, bf16 CPU; RESULTS.md). With AVX2 kernels in fp32: 142.3
+        # after 30 minutes (2,864 steps), and 193.2 at 1,024 steps where v with min-SNR-5 scored 210.6 at 1,176.
         "coffee": dict(pred="eps", min_snr=0.0, cooldown=0.3, ema_rampup=0.03),
     },
 }
