@@ -1,6 +1,8 @@
 """Images from a trained network: the kernel's samplers run in batches, on a device, under autocast,
 with per-image seeds (image i gets the noise of (seed, i) whatever the batch), for sample.py, fid.py,
 bench.py and the training loop's progress grids."""
+import sys
+
 import torch
 from tqdm import tqdm
 
@@ -175,6 +177,12 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
         gauss_snr = 0.0 if sampler == "consistency" else own.get("gauss_snr", 0.0)
     clip = own.get("clip", True) if clip is None else clip
     sched = schedule_of(ck)
+    student = ck.get("objective") or {}
+    if student.get("target") == "ode" and sampler == "consistency":  # trained only at its own steps' levels
+        trained = sampler_timesteps(sched, "consistency", student["steps"], "uniform").tolist()
+        if not set(sampler_timesteps(sched, sampler, steps, spacing).tolist()) <= set(trained):
+            print(f"warning: this student learned levels {trained} only; {steps} {spacing} steps visit others, where "
+                  f"it was never trained (use --steps {student['steps']}, or fewer that share its levels)", file=sys.stderr)
     gauss = data_gaussian(ck) if gauss_snr else None
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
                       precision, progress=progress, snapshots=snapshots, spacing=spacing, gauss=gauss, gauss_snr=gauss_snr,

@@ -31,7 +31,7 @@ def test_a_student_starts_as_its_teacher_with_its_flags(ddpm_run):
     args, _ = parse_args(obj, ["--teacher", teacher, "--device", "cpu"])
     for k in ("data", "size", "preset", "batch", "n_maps", "cond"):
         assert getattr(args, k) == t["args"][k], k
-    assert args.lr == pytest.approx(t["args"]["lr"] / 5) and args.target == "data"
+    assert args.lr == pytest.approx(t["args"]["lr"] / 5) and args.target == "ode"
     data = data_from_args(args)
     kw = obj.setup(args, data)
     assert (args.pred, args.schedule, args.T) == (t["args"]["pred"], t["args"]["schedule"], t["args"]["T"])
@@ -73,7 +73,7 @@ def test_distill_trains_samples_with_its_own_steps_and_resumes(student, tmp_path
 
 
 def test_consistency_training_and_a_conditional_learned_variance_teacher(cond_run, tmp_path):
-    """--target data (the default) needs no teacher calls; a class-conditional teacher with learned variance
+    """--target data needs no teacher calls; a class-conditional teacher with learned variance
     distils, and its student samples every class and takes --cfg."""
     teacher = str(cond_run[0] / "ckpt.pt")
     out = tmp_path / "ct"
@@ -83,6 +83,41 @@ def test_consistency_training_and_a_conditional_learned_variance_teacher(cond_ru
     code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "4", "--cfg", "2", "--steps", "2",
                          "--device", "cpu", "--out", str(tmp_path / "s"))
     assert "NFE 4" in log  # 2 steps, x2 for guidance
+
+
+def test_ode_target_is_the_teachers_own_trajectory(cond_run, tmp_path):
+    """--target ode: the student learns at its sampling levels, from points of the teacher's deterministic
+    DPM-Solver++(2M) trajectories, toward each trajectory's end, which is what the sampler itself draws from the same
+    noise; a conditional teacher's trajectories follow the labels."""
+    from samplers import make_denoiser, sample_dpmpp_2m
+    teacher = str(cond_run[0] / "ckpt.pt")
+    obj = Consistency()
+    args, _ = parse_args(obj, ["--teacher", teacher, "--target", "ode", "--ode-steps", "5", "--device", "cpu"])
+    data = data_from_args(args)
+    model = build_unet(args.preset, data.channels, data.size, num_classes=data.num_classes, **obj.setup(args, data))
+    obj.init_model(model)
+    assert obj.levels.tolist() == [250, 500, 749, 999] and set(obj.levels.tolist()) <= set(obj.ode_ts.tolist())
+    z, y = torch.randn(3, data.channels, data.size, data.size), torch.tensor([0, 1, 2])
+    xs, t, end = obj.ode_pairs(z, y)
+    assert xs.shape == (12,) + z.shape[1:] and t.tolist() == [250] * 3 + [500] * 3 + [749] * 3 + [999] * 3
+    assert torch.equal(xs[-3:], z)  # the top level is the noise itself
+    denoise = make_denoiser(obj.teacher, obj.sched, args.pred, y, None, obj.num_classes, obj.clip, obj.gauss, obj.gauss_snr)
+    want = sample_dpmpp_2m(denoise, obj.sched, z, obj.ode_ts)
+    assert torch.allclose(end[:3], want, atol=1e-5) and torch.equal(end[:3], end[9:])
+    assert not torch.allclose(xs[:3], xs[3:6])  # the levels are different points of the trajectory
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.zeros(8, data.channels, data.size, data.size)
+    loss, level = obj.loss(model, x0, torch.zeros(8, dtype=torch.long), gen, slice(None))
+    assert loss.shape == (8,) and torch.isfinite(loss).all() and sorted(set((level * 1000).round().tolist())) == [
+        250, 500, 749, 999]
+    out = tmp_path / "ode"
+    run_here("distill.py", "--teacher", teacher, "--target", "ode", "--ode-steps", "4", "--steps", "1", *DISTILL,
+             "--out", str(out))
+    assert load_checkpoint(str(out / "ckpt.pt"))["objective"]["target"] == "ode"
+    for steps, warned in (("2", False), ("3", True)):  # 2 steps share the 4 trained levels; 3 do not
+        code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", steps, "--device", "cpu",
+                             "--out", str(tmp_path / f"s{steps}"))
+        assert ("never trained" in log) == warned and f"consistency, {steps} steps" in log
 
 
 def test_fid_sweeps_teacher_and_student_into_one_plot(student, tmp_path):
