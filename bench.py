@@ -14,7 +14,7 @@ Training rows: images/s of one optimiser step (eps-prediction MSE, AdamW, batch 
 timed steps after warm-up; achieved TFLOP/s = torch's FLOP counter for that step x steps/s, next
 to the matmul peaks measured at the start of the same run. Sampling rows: the median time of one
 network evaluation per image on a batch of 64 (sample.py's), times 1,000 x NFE; then
-the default sampler and 4-step consistency sampling (a distill.py student's) timed end to end on 1,000
+the default sampler and the 4-step samplers of distill.py's students timed end to end on 1,000
 images (20 with --quick), each against the time of its network calls alone.
 """
 import argparse
@@ -131,12 +131,14 @@ def run_row(row):
             from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm
             from schedules import Schedule
             out["e2e"] = []
-            for sampler, steps in ((DEFAULT_SAMPLER, DEFAULT_STEPS), ("consistency", 4)):  # a distill.py student's
+            # the default, then how distill.py's students sample (--target ode: consistency; trajectory: ddim)
+            for sampler, steps, spacing in ((DEFAULT_SAMPLER, DEFAULT_STEPS, None), ("consistency", 4, None),
+                                            ("ddim", 4, "trailing")):
                 t0 = now()
                 generate_ddpm(net, Schedule.make("cosine", 1000), "eps", row["e2e_n"], device, sampler, steps,
-                              batch=row["batch"], precision=row["precision"])
-                out["e2e"].append(dict(sampler=sampler, steps=steps, n=row["e2e_n"], seconds=now() - t0,
-                                       nfe_seconds=per_nfe * row["e2e_n"] * steps))
+                              batch=row["batch"], precision=row["precision"], spacing=spacing)
+                out["e2e"].append(dict(sampler=sampler + (f" {spacing}" if spacing else ""), steps=steps,
+                                       n=row["e2e_n"], seconds=now() - t0, nfe_seconds=per_nfe * row["e2e_n"] * steps))
     out["peak_mem_MB"] = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else
                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
@@ -261,7 +263,7 @@ def bench(args):
         for nfe, sec in res["s_per_1000"].items():
             print(f"| {nfe} | {sec:.1f} |")
         print(f"\nEnd to end, batch {row['batch']} (the default sampler as `python sample.py` runs it; consistency "
-              f"as it samples a distill.py student):\n")
+              f"and ddim trailing as they sample distill.py's students):\n")
         print("| sampler | steps = NFE | seconds | images | / the time of its NFE alone |")
         print("|---|---|---|---|---|")
         for e in res["e2e"]:

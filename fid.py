@@ -67,7 +67,7 @@ def main():
     g.add_argument("--sampler", default=None, help="DDPM: ancestral, ddim, dpmpp2m, dpmpp2m_sde, consistency (default: "
                    "sample.py's); zoom: naive (default), improved")
     g.add_argument("--steps", type=POSITIVE_INT, default=None, help="DDPM sampling steps (default: sample.py's)")
-    g.add_argument("--spacing", default=None, help="uniform or karras (default: the sampler's own, see sample.py)")
+    g.add_argument("--spacing", default=None, help="uniform, karras or trailing (default: the sampler's own, see sample.py)")
     g.add_argument("--sweep-steps", default=None,
                    help="comma-separated step counts: a FID-vs-NFE table and quality_vs_nfe.png")
     g.add_argument("--samplers", default=None, help="comma-separated samplers for --sweep-steps (default: --sampler)")

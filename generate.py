@@ -49,6 +49,14 @@ def checkpoint_sampling(ck):
     return own.get("sampler", DEFAULT_SAMPLER), own.get("steps", DEFAULT_STEPS)
 
 
+def student_sampling(ck, sampler):
+    """A distilled student's own spacing and clipping when sampled with its own sampler, else {}."""
+    own = ck.get("objective") or {}
+    if own.get("method") != "consistency" or sampler != own.get("sampler"):
+        return {}
+    return {k: own[k] for k in ("spacing", "clip") if k in own}
+
+
 def _in_batches(n, batch, first_index, progress, desc, one_batch):
     """one_batch(indices, start) -> images, for consecutive slices of n images; float32 on the CPU."""
     out = []
@@ -169,17 +177,19 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
         raise UserError("--cfg needs a class-conditional checkpoint (trained with --cond); this one is unconditional")
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler '{sampler}' for a DDPM checkpoint; choose one of {', '.join(SAMPLERS)}")
-    spacing = spacing or default_spacing(sampler)
+    student_own = student_sampling(ck, sampler)
+    spacing = spacing or student_own.get("spacing") or default_spacing(sampler)
     if spacing not in SPACINGS:
         raise UserError(f"unknown spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
     own = sampling_defaults(ck["args"]["data"], bool(ck["args"].get("cond")))
-    if gauss_snr is None:  # a consistency student's first call is at pure noise: it must stay the network's
-        gauss_snr = 0.0 if sampler == "consistency" else own.get("gauss_snr", 0.0)
+    own.update(student_own)
+    student = ck.get("objective") or {}
+    if gauss_snr is None:  # a student's first call is at pure noise: it must stay the network's
+        gauss_snr = 0.0 if sampler == "consistency" or student.get("method") == "consistency" else own.get("gauss_snr", 0.0)
     clip = own.get("clip", True) if clip is None else clip
     sched = schedule_of(ck)
-    student = ck.get("objective") or {}
-    if student.get("target") == "ode" and sampler == "consistency":  # trained only at its own steps' levels
-        trained = sampler_timesteps(sched, "consistency", student["steps"], "uniform").tolist()
+    if student.get("target") in ("ode", "trajectory") and sampler == student.get("sampler"):  # trained at its levels only
+        trained = timesteps_for(sched, student["steps"], "trailing").tolist()
         if not set(sampler_timesteps(sched, sampler, steps, spacing).tolist()) <= set(trained):
             print(f"warning: this student learned levels {trained} only; {steps} {spacing} steps visit others, where "
                   f"it was never trained (use --steps {student['steps']}, or fewer that share its levels)", file=sys.stderr)

@@ -8,7 +8,7 @@ import torch
 from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import NONNEG, POSITIVE, POSITIVE_INT, UserError
 from data import to_model
-from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, data_gaussian, generate_ddpm, generate_zoom, sampler_timesteps
+from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, data_gaussian, generate_ddpm, generate_zoom
 from gaussian import fit_gaussian
 from losses import consistency_level, diffusion_loss, pseudo_huber, restoration_loss
 from machine import fp32_only_cpu
@@ -223,18 +223,22 @@ image. With --target ode (the default) the target is no earlier output of the st
 whole ODE trajectory through x_t ends (DPM-Solver++(2M), --ode-steps), as in direct distillation (Luhman &
 Luhman 2021): exact where the gaps are an estimate, and each trajectory from pure noise gives one training
 point at each level the student samples at, and only there (other step counts meet untrained levels).
-Sampling: samplers.sample_consistency.
+Sampling: samplers.sample_consistency. With --target trajectory the student learns the trajectory itself rather
+than its end: from each of its levels, the x̂0 whose DDIM step lands on the teacher's trajectory at its next
+lower level (the end from the lowest), as progressive distillation's targets (Salimans & Ho 2022) but for all
+levels in one stage; it samples with deterministic DDIM on those levels (spacing trailing), each step a short jump.
 """
 
     def add_args(self, p):
         g = p.add_argument_group("consistency distillation")
         g.add_argument("--teacher", default=None,
                        help="the DDPM checkpoint to distil; its data, network and batch are the student's defaults")
-        g.add_argument("--target", default="ode", choices=["ode", "data", "teacher"],
+        g.add_argument("--target", default="ode", choices=["ode", "trajectory", "data", "teacher"],
                        help="what f(x_t, t) is pulled toward. ode (default): the end of the teacher's whole ODE "
                             "trajectory through x_t, solved from pure noise in --ode-steps, the student trained at its "
                             "--sample-steps levels (4-step FID 115.9 against 176.1 for data on CIFAR-10, N 1,000 vs "
-                            "cifar10:test, bf16 CPU; RESULTS.md); "
+                            "cifar10:test, bf16 CPU; RESULTS.md); trajectory: from each level, the x̂0 whose "
+                            "DDIM step lands on that trajectory at the next level, sampled with DDIM on the levels; "
                             "or its own output at an earlier point of the trajectory, reached by the data's own noise "
                             "(data: consistency training, no teacher calls) or by the teacher's DDIM step (teacher: "
                             "consistency distillation)")
@@ -277,13 +281,13 @@ Sampling: samplers.sample_consistency.
         self.teacher = model_from_checkpoint(ck, ema=True)
         for q in self.teacher.parameters():
             q.requires_grad_(False)
-        if args.target == "ode":
+        if args.target in ("ode", "trajectory"):
             # The trajectories follow the teacher's sampling defaults (its data's Gaussian at the top levels, clipping)
             # on the solver's levels plus the student's, so that every point the student learns at lies on them.
             own = sampling_defaults(a["data"], bool(a.get("cond")))
             self.gauss_snr, self.clip = own.get("gauss_snr", 0.0), own.get("clip", True)
             self.gauss = data_gaussian(ck) if self.gauss_snr else None
-            self.levels = sampler_timesteps(self.sched, "consistency", args.sample_steps, "uniform")
+            self.levels = timesteps_for(self.sched, args.sample_steps, "trailing")
             self.ode_ts = torch.cat([timesteps_for(self.sched, args.ode_steps, "karras"), self.levels]).unique()
         return dict(learn_sigma=a.get("learn_sigma", False))
 
@@ -318,11 +322,22 @@ Sampling: samplers.sample_consistency.
         end = sample_dpmpp_2m(denoise, self.sched, z, self.ode_ts, callback=keep)
         at = [int((self.ode_ts == lv).nonzero()) for lv in self.levels]
         t = torch.cat([torch.full((len(z),), int(lv), device=z.device) for lv in self.levels])
-        return torch.cat([states[i] for i in at]).float(), t, end.float().repeat(len(at), 1, 1, 1)
+        xs = [states[i].float() for i in at]
+        if self.args.target == "ode":
+            return torch.cat(xs), t, end.float().repeat(len(at), 1, 1, 1)
+        # trajectory: the x̂0 whose DDIM step from level t lands on the trajectory's point at the next lower level
+        # (the end below the lowest): x_p = α_p x̂0 + σ_p (x_t − α_t x̂0)/σ_t, solved for x̂0.
+        abar = self.sched.abar[self.levels].tolist()
+        alpha, sigma = [a ** 0.5 for a in abar], [(1 - a) ** 0.5 for a in abar]
+        targets = [end.float()]
+        for k in range(1, len(at)):
+            ratio = sigma[k - 1] / sigma[k]
+            targets.append((xs[k - 1] - ratio * xs[k]) / (alpha[k - 1] - ratio * alpha[k]))
+        return torch.cat(xs), t, torch.cat(targets)
 
     def loss(self, model, x0, y, gen, part):
         args, sched = self.args, self.sched
-        if args.target == "ode":  # len(levels) points per trajectory: a batch of b holds b / len(levels) of them
+        if args.target in ("ode", "trajectory"):  # len(levels) points per trajectory: a batch of b holds b / len(levels) of them
             b, k = x0.shape[0], len(self.levels)
             z = torch.randn((b,) + x0.shape[1:], generator=gen, device=gen.device).to(x0.device)[part]
             if y is not None:
@@ -346,13 +361,18 @@ Sampling: samplers.sample_consistency.
             target = self.x0(model, xr, r, y)
         return pseudo_huber(self.x0(model, xt, t, y), target, self.c), t.float() / sched.T
 
+    def sampling(self):
+        """How the student samples: a trajectory student takes deterministic DDIM steps on its levels, unclipped
+        (its targets are the DDIM x̂0 that lands on the teacher's trajectory, not images); others consistency steps."""
+        if self.args.target == "trajectory":
+            return dict(sampler="ddim", steps=self.args.sample_steps, spacing="trailing", clip=False)
+        return dict(sampler="consistency", steps=self.args.sample_steps)
+
     def sample(self, model, n, labels, device, seed=0):
-        return generate_ddpm(model, self.sched, self.pred, n, device, "consistency", self.args.sample_steps,
-                             labels=labels, seed=seed)
+        return generate_ddpm(model, self.sched, self.pred, n, device, labels=labels, seed=seed, **self.sampling())
 
     def state(self):
-        return {"method": "consistency", "sampler": "consistency", "steps": self.args.sample_steps,
-                "teacher": self.args.teacher, "target": self.args.target}
+        return {"method": "consistency", **self.sampling(), "teacher": self.args.teacher, "target": self.args.target}
 
     def load_state(self, state):
         if state.get("method") != "consistency":

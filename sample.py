@@ -55,7 +55,8 @@ def main():
                    help=f"levels visited (default {DEFAULT_STEPS}, or a distilled checkpoint's own); NFE: those not taken by "
                         "--gauss-snr, x2 with CFG")
     p.add_argument("--spacing", default=None, choices=SPACINGS,
-                   help="where the steps sit: uniform in t, or karras (dense at low noise); default: karras for dpmpp*, else uniform")
+                   help="where the steps sit: uniform in t, karras (dense at low noise), or trailing (uniform without t = 0: the "
+                        "last step lands on the data); default: karras for dpmpp*, a distilled checkpoint's own, else uniform")
     p.add_argument("--eta", type=NONNEG, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
     p.add_argument("--gauss-snr", type=NONNEG, default=None,
                    help="levels with SNR below this take the closed-form x̂0 of the training data as one Gaussian instead of the network "

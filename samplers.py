@@ -15,7 +15,7 @@ import torch
 from gaussian import gaussian_x0
 from schedules import Schedule
 
-SPACINGS = ("uniform", "karras")
+SPACINGS = ("uniform", "karras", "trailing")
 
 
 class PerImageNoise:
@@ -33,6 +33,8 @@ class PerImageNoise:
 def timesteps_for(sched, steps, spacing="uniform"):
     """`steps` increasing integer timesteps in [0, T) (all T when steps >= T).
     uniform: evenly spaced in t (DDIM, Song et al. 2021).
+    trailing: the `steps` highest of steps + 1 uniform ones, from T−1 down, so that the last step lands on the
+    data from the lowest (Lin et al. 2024, table 2) and no call is spent at t = 0.
     karras: T−1 (pure noise), then evenly spaced in σ^(1/ρ), ρ = 7, from σ = min(σ_T, 80) down, with
     σ = √((1−ᾱ)/ᾱ) (Karras et al. 2022, eq. 5; a cosine schedule's σ_T is ~2e4, and steps up there are
     wasted). Points are rounded to the nearest trained t; more are drawn until `steps` are distinct."""
@@ -41,6 +43,8 @@ def timesteps_for(sched, steps, spacing="uniform"):
         return torch.arange(T)
     if spacing == "uniform":
         return torch.linspace(0, T - 1, steps).round().long().unique()
+    if spacing == "trailing":
+        return timesteps_for(sched, steps + 1, "uniform")[1:]
     if spacing != "karras":
         raise ValueError(f"unknown spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
     log_sigma = 0.5 * torch.log((1 - sched.abar) / sched.abar)  # increasing in t

@@ -85,17 +85,23 @@ def test_consistency_training_and_a_conditional_learned_variance_teacher(cond_ru
     assert "NFE 4" in log  # 2 steps, x2 for guidance
 
 
+def _set_up_student(teacher, target):
+    """A student of `teacher` set up as distill.py does, before any training: (objective, args, data, network)."""
+    obj = Consistency()
+    args, _ = parse_args(obj, ["--teacher", teacher, "--target", target, "--ode-steps", "5", "--device", "cpu"])
+    data = data_from_args(args)
+    model = build_unet(args.preset, data.channels, data.size, num_classes=data.num_classes, **obj.setup(args, data))
+    obj.init_model(model)
+    return obj, args, data, model
+
+
 def test_ode_target_is_the_teachers_own_trajectory(cond_run, tmp_path):
     """--target ode: the student learns at its sampling levels, from points of the teacher's deterministic
     DPM-Solver++(2M) trajectories, toward each trajectory's end, which is what the sampler itself draws from the same
     noise; a conditional teacher's trajectories follow the labels."""
     from samplers import make_denoiser, sample_dpmpp_2m
     teacher = str(cond_run[0] / "ckpt.pt")
-    obj = Consistency()
-    args, _ = parse_args(obj, ["--teacher", teacher, "--target", "ode", "--ode-steps", "5", "--device", "cpu"])
-    data = data_from_args(args)
-    model = build_unet(args.preset, data.channels, data.size, num_classes=data.num_classes, **obj.setup(args, data))
-    obj.init_model(model)
+    obj, args, data, model = _set_up_student(teacher, "ode")
     assert obj.levels.tolist() == [250, 500, 749, 999] and set(obj.levels.tolist()) <= set(obj.ode_ts.tolist())
     z, y = torch.randn(3, data.channels, data.size, data.size), torch.tensor([0, 1, 2])
     xs, t, end = obj.ode_pairs(z, y)
@@ -118,6 +124,44 @@ def test_ode_target_is_the_teachers_own_trajectory(cond_run, tmp_path):
         code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", steps, "--device", "cpu",
                              "--out", str(tmp_path / f"s{steps}"))
         assert ("never trained" in log) == warned and f"consistency, {steps} steps" in log
+
+
+def test_trajectory_target_is_the_ddim_step_onto_the_teachers_trajectory(cond_run, tmp_path):
+    """--target trajectory: from each level, the target x̂0 is the one whose DDIM step lands on the teacher's
+    trajectory at the next lower level (its end below the lowest), so a student that fits the targets exactly
+    reproduces the teacher's trajectory in 4 deterministic DDIM steps; its checkpoint samples that way."""
+    from samplers import sample_ddim, timesteps_for
+    teacher = str(cond_run[0] / "ckpt.pt")
+    obj, args, data, model = _set_up_student(teacher, "trajectory")
+    z, y = torch.randn(3, data.channels, data.size, data.size), torch.tensor([0, 1, 2])
+    xs, t, target = obj.ode_pairs(z, y)
+    obj.args.target = "ode"
+    _, _, end = obj.ode_pairs(z, y)
+    assert torch.equal(target[:3], end[:3]) and not torch.allclose(target[3:], end[3:])
+    lookup = {(lv, i): k for k, (lv, i) in enumerate(zip(t.tolist(), [0, 1, 2] * 4))}
+
+    def oracle(x, level):  # the denoiser of a student that fits its targets exactly
+        k = [lookup[(int(level), i)] for i in range(3)]
+        x0 = target[k]
+        return x0, (x - obj.sched.abar[int(level)].sqrt() * x0) / (1 - obj.sched.abar[int(level)]).sqrt(), None
+    levels = timesteps_for(obj.sched, 4, "trailing")
+    assert levels.tolist() == [250, 500, 749, 999]
+    seen = []
+    out = sample_ddim(oracle, obj.sched, z, levels, None, callback=lambda i, x, x0: seen.append(x))
+    assert torch.allclose(out, end[:3], atol=1e-4)
+    for k, x in zip((2, 1, 0), seen):  # each step lands on the trajectory's point at the next level
+        assert torch.allclose(x, xs[3 * k:3 * k + 3], atol=1e-4)
+    run = tmp_path / "traj"
+    run_here("distill.py", "--teacher", teacher, "--target", "trajectory", "--ode-steps", "4", "--steps", "1",
+             *DISTILL, "--out", str(run))
+    own = load_checkpoint(str(run / "ckpt.pt"))["objective"]
+    assert (own["target"], own["sampler"], own["spacing"], own["clip"]) == ("trajectory", "ddim", "trailing", False)
+    code, log = run_here("sample.py", "--ckpt", str(run / "ckpt.pt"), "--n", "2", "--device", "cpu",
+                         "--out", str(tmp_path / "s"))
+    assert "ddim, 4 steps, NFE 4" in log and "never trained" not in log
+    code, log = run_here("sample.py", "--ckpt", str(run / "ckpt.pt"), "--n", "2", "--steps", "3", "--device", "cpu",
+                         "--out", str(tmp_path / "s3"))
+    assert "never trained" in log
 
 
 def test_fid_sweeps_teacher_and_student_into_one_plot(student, tmp_path):

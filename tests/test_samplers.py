@@ -174,7 +174,11 @@ def test_timestep_spacings():
     for n in (5, 15, 50, 200, 999):
         for spacing in SPACINGS:
             ts = timesteps_for(sched, n, spacing)
-            assert len(ts) == n and ts[0] == 0 and ts[-1] == 999 and (ts.diff() > 0).all(), (n, spacing)
+            assert len(ts) == n and ts[-1] == 999 and (ts.diff() > 0).all(), (n, spacing)
+            # trailing never visits t = 0: its last step lands on the data from the lowest level
+            assert (ts[0] == 0) == (spacing != "trailing"), (n, spacing)
+    assert timesteps_for(sched, 4, "trailing").tolist() == [250, 500, 749, 999]
+    assert torch.equal(timesteps_for(sched, 4, "trailing"), sampler_timesteps(sched, "consistency", 4, "uniform"))
     k = timesteps_for(sched, 15, "karras")
     sigma = ((1 - sched.abar) / sched.abar).sqrt()
     assert sigma[k[-2]] < 85 < sigma[k[-1]]  # start at pure noise, then from σ_max = 80 down (EDM)
