@@ -238,7 +238,8 @@ levels in one stage; it samples with deterministic DDIM on those levels (spacing
                             "trajectory through x_t, solved from pure noise in --ode-steps, the student trained at its "
                             "--sample-steps levels (4-step FID 115.9 against 176.1 for data on CIFAR-10, N 1,000 vs "
                             "cifar10:test, bf16 CPU; RESULTS.md); trajectory: from each level, the x̂0 whose "
-                            "DDIM step lands on that trajectory at the next level, sampled with DDIM on the levels; "
+                            "DDIM step lands on that trajectory at the next level, sampled with DDIM on the levels "
+                            "(4-step FID 105.2 against 111.7 for ode, same N and reference, another bf16 CPU); "
                             "or its own output at an earlier point of the trajectory, reached by the data's own noise "
                             "(data: consistency training, no teacher calls) or by the teacher's DDIM step (teacher: "
                             "consistency distillation)")
