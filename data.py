@@ -6,6 +6,7 @@ place where that range is decided.
     python data.py --data maps --stats          # counts, class balance, mean/std, grids
 """
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ class ImageData:
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,), all zero when unlabelled
     class_names: list = field(default_factory=list)  # empty: unconditional data
-    augment: str = "none"  # none | flip | flip_rot90 (decided per dataset: never flip digits)
+    augment: str = "none"  # one of AUGMENTS, decided per dataset (never flip digits); --augment overrides
     name: str = ""
 
     @property
@@ -56,12 +57,32 @@ def to_uint8(x):
     return x.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+AUGMENTS = ("none", "flip", "flip_rot90", "crop_flip")
+
+
+def random_resized_crop(x, u, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop, per sample and in one grid_sample call: a crop of a random share `scale`
+    of the area with a log-uniform aspect `ratio`, anywhere inside the image, resized bilinearly back to full
+    size. u: (B, 4) uniform draws. A side longer than the image is clipped to it (torchvision retries instead)."""
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1])
+    w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # shares of the width, height
+    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 1, 1] = w, h
+    theta[:, 0, 2], theta[:, 1, 2] = (1 - w) * (2 * u[:, 2] - 1), (1 - h) * (2 * u[:, 3] - 1)  # the crop's centre
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def augment_batch(x, kind, gen):
-    """Random flips (and 90° rotations for overhead imagery) on a batch, per sample, with gen."""
+    """Random flips (and 90° rotations for overhead imagery; random resized crops for photos, seed 003's choice
+    against memorising a few hundred photos) on a batch, per sample, with gen."""
     if kind == "none":
         return x
     b = x.shape[0]
-    r = torch.rand(b, 3, generator=gen, device=gen.device).to(x.device)
+    r = torch.rand(b, 3 if kind != "crop_flip" else 5, generator=gen, device=gen.device).to(x.device)
+    if kind == "crop_flip":
+        x = random_resized_crop(x, r[:, 1:].to(x.dtype))
     x = torch.where((r[:, 0] < 0.5)[:, None, None, None], x.flip(-1), x)
     if kind == "flip_rot90":
         x = torch.where((r[:, 1] < 0.5)[:, None, None, None], x.flip(-2), x)
@@ -388,6 +409,7 @@ def main():
     p.add_argument("--split", default="train")
     p.add_argument("--out", default=None, help="folder for the grids (default runs/data_<name>)")
     p.add_argument("--seed", type=NONNEG_INT, default=0)
+    p.add_argument("--augment", choices=AUGMENTS, default=None, help="show this augmentation (default: the dataset's own)")
     args = p.parse_args()
     try:
         data = data_from_args(args, args.split)
@@ -408,7 +430,7 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(data), generator=gen)[:64]
     save_image(x[idx], os.path.join(out, "grid_original.png"), nrow=8, padding=1)
-    aug = augment_batch(x[idx[:8]].repeat_interleave(8, 0) * 2 - 1, data.augment, gen)
+    aug = augment_batch(x[idx[:8]].repeat_interleave(8, 0) * 2 - 1, args.augment or data.augment, gen)
     save_image(aug * 0.5 + 0.5, os.path.join(out, "grid_augmented.png"), nrow=8, padding=1)
     print(f"wrote {out}/grid_original.png and {out}/grid_augmented.png (each row: one image, 8 augmentations)")
 

@@ -23,7 +23,7 @@ from machine import autocast
 # The data's path is not among them: a moved dataset resumes, checked by its content (data_fingerprint).
 FROZEN_ON_RESUME = ("data", "size", "folds", "preset", "ch", "blocks", "patch_from", "patch", "cond", "batch", "lr", "optimizer",
                     "weight_decay", "warmup", "cooldown", "grad_clip", "ema_halflife_kimg", "ema_rampup", "seed",
-                    "label_drop", "n_maps")
+                    "label_drop", "n_maps", "augment")
 
 
 def typed_flags(parser, argv, args):

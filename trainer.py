@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, number_list,
                  resolve_device, run_cli)
-from data import add_data_args, augment_batch, data_from_args, to_model
+from data import AUGMENTS, add_data_args, augment_batch, data_from_args, to_model
 from machine import autocast, ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
 from runs import (LossMeter, Interrupt, RunFolder, Stopper, checkpoint_to_resume, claim_run_dir, data_fingerprint,
@@ -46,6 +46,10 @@ def base_parser(description):
     g.add_argument("--cond", action=argparse.BooleanOptionalAction, default=False,
                    help="class-conditional (labelled data), label drop for CFG (default: off; on for mnist, see recipes.py)")
     g.add_argument("--label-drop", type=FRACTION, default=0.1, help="with --cond: share of labels replaced by null")
+    g.add_argument("--augment", default="auto", choices=("auto", *AUGMENTS),
+                   help="random augmentation of each training image (auto: the dataset's own: flips, 90° turns for "
+                        "overhead tiles, none for digits; crop_flip: random resized crops of 50-100 %% of the area, "
+                        "then flips, for a few hundred photos)")
     g.add_argument("--batch", type=POSITIVE_INT, default=32, help="global batch size (default 32)")
     g.add_argument("--lr", type=POSITIVE, default=None, help="learning rate (default: the preset's, 1e-3 for small)")
     g.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "nadam", "sgd"])
@@ -291,6 +295,8 @@ class Run:
         args.lr = PRESETS[args.preset]["lr"] if args.lr is None else args.lr
         data = data_from_args(args)
         args.size = data.size
+        if args.augment != "auto":
+            data.augment = args.augment
         fingerprint = data_fingerprint(data)
         if resume_ck is not None and resume_ck.get("data_fingerprint", fingerprint) != fingerprint:
             raise UserError(f"the {args.data} data under {args.data_root} is not the data this run trained on "

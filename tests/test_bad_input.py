@@ -1,4 +1,5 @@
 """Bad input: one line naming the thing and the fix, exit code 2, nothing lost or half-written."""
+import json
 import os
 import subprocess
 import sys
@@ -188,11 +189,12 @@ def test_resume_refuses_any_typed_contradiction_and_follows_moved_data(tmp_path)
         Image.new("RGB", (16, 16), (12 * k, 255 - 12 * k, 90)).save(src / f"{k:02d}.png")
     out = tmp_path / "run"
     common = [*TINY, "--data", "folder", "--size", "16", "--sample-every", "0"]
-    run_here("train_ddpm.py", *common, "--data-root", str(src), "--steps", "2", "--out", str(out))
-    code, log = run_here("train_ddpm.py", *common, "--steps", "4", "--resume", "--out", str(out), "--preset", "small",
-                         ok=False)
-    one_line_error(code, log)
-    assert "--preset small contradicts the checkpoint" in log
+    run_here("train_ddpm.py", *common, "--data-root", str(src), "--steps", "2", "--augment", "crop_flip", "--out", str(out))
+    assert json.loads((out / "config.json").read_text())["augment"] == "crop_flip"
+    for flag in (("--preset", "small"), ("--augment", "flip")):
+        code, log = run_here("train_ddpm.py", *common, "--steps", "4", "--resume", "--out", str(out), *flag, ok=False)
+        one_line_error(code, log)
+        assert f"{' '.join(flag)} contradicts the checkpoint" in log
     moved = tmp_path / "moved"
     src.rename(moved)
     code, log = run_here("train_ddpm.py", *common, "--data-root", str(moved), "--steps", "4", "--resume", "--out", str(out))

@@ -25,9 +25,30 @@ def test_maps_deterministic_balanced_and_in_range():
 
 
 def test_data_stats_cli(tmp_path):
-    code, log = run("data.py", "--data", "maps", "--n-maps", "200", "--size", "32", "--stats", "--out", str(tmp_path))
+    code, log = run("data.py", "--data", "maps", "--n-maps", "200", "--size", "32", "--stats", "--augment", "crop_flip",
+                    "--out", str(tmp_path))
     assert "class 1 'mostly water'" in log and (tmp_path / "grid_original.png").exists()
 
+
+
+def test_random_resized_crop_is_torchs_crop_then_resize():
+    """A crop of a quarter of the area is torch's own slice of the image, resized back with F.interpolate (inside
+    the crop's one-pixel rim, where grid_sample reads the pixels beyond the crop instead of repeating its edge);
+    the whole area is the image itself; crop_flip draws from the generator only, so a seed replays it."""
+    import torch.nn.functional as F
+    from data import augment_batch, random_resized_crop
+    x = torch.rand(2, 3, 32, 32)
+    u = lambda *v: torch.tensor([list(v)] * 2)  # noqa: E731
+    assert torch.allclose(random_resized_crop(x, u(1.0, 0.5, 0.3, 0.9), scale=(1, 1), ratio=(1, 1)), x, atol=1e-6)
+    for (cx, cy), (r0, c0) in (((0.5, 0.5), (8, 8)), ((0.0, 0.0), (0, 0)), ((1.0, 0.0), (0, 16))):
+        y = random_resized_crop(x, u(0.0, 0.5, cx, cy), scale=(0.25, 1), ratio=(1, 1))
+        ref = F.interpolate(x[..., r0:r0 + 16, c0:c0 + 16], size=(32, 32), mode="bilinear", align_corners=False)
+        assert torch.allclose(y[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], atol=1e-5)
+    wide = random_resized_crop(x, u(0.0, 1.0, 0.5, 0.5), scale=(0.25, 1), ratio=(1, 4))  # 4:1 -> clipped to full width
+    ref = F.interpolate(x[..., 12:20, :], size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.allclose(wide[..., 2:-2, :], ref[..., 2:-2, :], atol=1e-5)  # 4x taller: a two-pixel rim
+    a = augment_batch(x, "crop_flip", torch.Generator().manual_seed(3))
+    assert torch.equal(a, augment_batch(x, "crop_flip", torch.Generator().manual_seed(3))) and not torch.equal(a, x)
 
 def write_coffee_fixture(root):
     """The official layout: foldN.txt (CRLF here) + foldN/ JPEGs, a blank line, a stray Thumbs.db."""
