@@ -219,7 +219,7 @@ def _speed_cell(c):
 
 
 def results_page(files):
-    """RESULTS.md: every score card as a row, grouped by reference set, with what made it."""
+    """RESULTS.md: every score card as a row, grouped by reference set and image size, with what made it."""
     groups, speed = {}, []
     for path in files:
         if not os.path.isfile(path):
@@ -232,7 +232,7 @@ def results_page(files):
             if c.get("type") == "speed":
                 speed.append(c)
             else:
-                groups.setdefault(c.get("ref", "?"), []).append(c)
+                groups.setdefault((c.get("ref", "?"), c.get("size") or 0), []).append(c)  # a reference is read at the size
     if not groups and not speed:
         raise UserError(f"no score cards in {', '.join(files)}")
     head = ["scored", "sampler · steps · NFE", "features", "FD ↓", "KID ×1e3", "precision / recall",
@@ -250,8 +250,8 @@ def results_page(files):
     last_step = {}  # each checkpoint file's newest scored step: older cards of it came before a resume
     for c in (c for cards in groups.values() for c in cards if c.get("kind")):
         last_step[c.get("source")] = max(last_step.get(c.get("source"), -1), c.get("step") or 0)
-    for ref, cards in sorted(groups.items()):
-        out += [f"## against {ref}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (ref, size), cards in sorted(groups.items()):
+        out += [f"## against {ref}" + (f", {size} px" if size else ""), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in sorted(cards, key=lambda c: (c.get("extractor", ""), c.get("n", 0), c.get("fd", 0))):
             cells = _cell(c, latest=(c.get("step") or 0) == last_step.get(c.get("source"), c.get("step") or 0))
             out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |")
