@@ -21,6 +21,7 @@ DATA_DEFAULTS = {
         # (4,207 steps; 168.0 at 10 minutes), against 150.5 for ε without the decay and the Gaussian; at 10 minutes
         # ε 171.6 against 272.9 for v (N 476 vs coffee:test, bf16 CPU; RESULTS.md). With AVX2 kernels in fp32: 142.3
         # after 30 minutes (2,864 steps), and 193.2 at 1,024 steps where v with min-SNR-5 scored 210.6 at 1,176.
+        # The preset's lr 1e-3 beat 2e-3 after 30 minutes on a faster bf16 host (122.3 at 8,452 steps against 124.7).
         "coffee": dict(pred="eps", min_snr=0.0, cooldown=0.3, ema_rampup=0.03),
     },
 }
