@@ -80,6 +80,12 @@ def main():
     g.add_argument("--start", default=None, help="zoom start state(s): hist, single, bank, gmm; comma-separated "
                                                    "for a table")
     g.add_argument("--noise", type=NONNEG, default=0.0, help="zoom: noise std injected while sampling")
+    g.add_argument("--init", default=None, metavar="SPLIT",
+                   help="start from real images of SPLIT (e.g. coffee:train) noised to --init-snr instead of pure noise "
+                        "(SDEdit): how far below that level the model's error lies")
+    g.add_argument("--init-snr", default=None, metavar="SNR[,SNR...]",
+                   help="with --init: the start's SNR; several give a table of FID against the level the model takes "
+                        "over at (high SNR: near the floor)")
     g.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     g.add_argument("--batch", type=POSITIVE_INT, default=None,
                    help=f"images per network call when sampling (default {SAMPLE_BATCH} on CPU, {SAMPLE_BATCH_CUDA} on CUDA)")
@@ -174,6 +180,7 @@ def sample_jobs(args, device, precision):
     if any(s is not None and s < 1 for s in steps):
         raise UserError("--steps and --sweep-steps must be positive")
     samplers = (args.samplers or args.sampler or "").split(",")
+    init_snrs = parse_init_snrs(args)
     for path in args.ckpt:
         ck = load_checkpoint(path)
         zoom = ck["kind"] == "zoom"
@@ -183,16 +190,22 @@ def sample_jobs(args, device, precision):
             raise UserError("--steps and --sweep-steps are DDPM options; a zoom checkpoint walks its own T steps "
                             "(sweep --start instead)")
         labels = parse_labels(None, args.n, ck)  # a class-conditional model draws every class in turn
+        init = init_images(args, ck)
+        jobs = [(None, s, None) for s in (args.start or "bank").split(",")] if zoom else \
+            [(st, None, snr) for st in steps for snr in init_snrs]
         for sampler in samplers:
-            for st, start in ([(None, s) for s in (args.start or "bank").split(",")] if zoom else [(s, None) for s in steps]):
+            for st, start, init_snr in jobs:
                 t0 = time.time()
                 x, info = generate_from_checkpoint(ck, args.n, device, sampler or None, st, args.eta, start,
                                                    args.noise, labels, args.cfg, args.seed, args.batch, precision,
                                                    ema=not args.raw, spacing=args.spacing, gauss_snr=args.gauss_snr,
-                                                   clip=args.clip)
+                                                   clip=args.clip, init=init, init_snr=init_snr)
                 gen_s = time.time() - t0
                 label = (f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
-                         + ("_noclip" if info.get("clip") is False else ""))
+                         + ("_noclip" if info.get("clip") is False else "")
+                         + (f"_init{init_snr:g}" if init is not None else ""))
+                if init is not None:
+                    info["init"] = args.init
                 if len(args.ckpt) > 1:  # name the checkpoint too: teacher and student side by side
                     run = os.path.basename(os.path.dirname(os.path.abspath(path)))
                     stem = os.path.splitext(os.path.basename(path))[0]
@@ -205,6 +218,33 @@ def sample_jobs(args, device, precision):
                             labels="every class in turn" if labels is not None else "unconditional",
                             ema=not args.raw, seed=args.seed, gen_seconds=round(gen_s, 1), **info)
                 yield label, to_uint8(x), card, args.out or os.path.dirname(path)
+
+
+def parse_init_snrs(args):
+    """--init-snr's levels ([None] without --init)."""
+    if args.init is None:
+        if args.init_snr is not None:
+            raise UserError("--init-snr goes with --init SPLIT (the real images to start from)")
+        return [None]
+    if args.init_snr is None:
+        raise UserError("--init needs --init-snr: how noisy the start is (e.g. 0.1 keeps the layout, 3 only the details)")
+    try:
+        snrs = [float(v) for v in args.init_snr.split(",")]
+    except ValueError:
+        raise UserError(f"--init-snr {args.init_snr}: give comma-separated positive SNRs, e.g. 0.05,0.5,5")
+    if not all(v > 0 for v in snrs):
+        raise UserError(f"--init-snr {args.init_snr}: SNRs must be positive")
+    return snrs
+
+
+def init_images(args, ck):
+    """--init's real images at the checkpoint's size, a fixed random subset of --n when the split is larger."""
+    if args.init is None:
+        return None
+    x = load_ref_data(*parse_ref(args.init), args.data_root, ck["args"]["size"]).images
+    if len(x) > args.n:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:args.n]]
+    return x
 
 
 def keep_samples(images, out, label):

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from checkpoint import model_from_checkpoint
 from cli import UserError
+from data import to_model
 from machine import autocast
 from recipes import sampling_defaults
 from samplers import SAMPLERS, SPACINGS, PerImageNoise, make_denoiser, sample_cold, timesteps_for
@@ -79,14 +80,19 @@ def _snapshot(snapshots, start):
 @torch.no_grad()
 def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0.0, labels=None, cfg=None, seed=0,
                   batch=None, precision="fp32", first_index=0, progress=False, snapshots=None, spacing=None,
-                  gauss=None, gauss_snr=0.0, clip=True):
+                  gauss=None, gauss_snr=0.0, clip=True, init=None, init_snr=None):
     """n images in [-1, 1]. Image k starts from, and draws, the noise of (seed, first_index + k). Levels with
     SNR < gauss_snr take the closed-form x̂0 of the data's Gaussian `gauss` instead of the network. clip: clip
-    every step's x̂0 to [-1, 1] (the images are clamped at the end either way)."""
+    every step's x̂0 to [-1, 1] (the images are clamped at the end either way). init: n images in [-1, 1] that
+    image k starts from instead, noised to the first level with SNR >= init_snr, the sampler's levels above it
+    skipped (SDEdit, Meng et al. 2022)."""
     model.eval()
     c, size = model.in_ch, model.size
     sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
     ts = sampler_timesteps(sched, sampler, steps, spacing or default_spacing(sampler))
+    if init is not None:
+        ts = ts[sched.snr()[ts] >= init_snr]
+        a = sched.abar[ts[-1]].item()
     extra = dict(eta=eta) if sampler == "ddim" else {}
     device = torch.device(device)
 
@@ -94,8 +100,9 @@ def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0
         noise = PerImageNoise(seed, idx, (c, size, size), device)
         lab = None if labels is None else labels[start:start + len(idx)].to(device)
         denoise = make_denoiser(model, sched, pred, lab, cfg, model.num_classes, clip, gauss, gauss_snr)
+        x = noise() if init is None else a ** 0.5 * init[start:start + len(idx)].to(device) + (1 - a) ** 0.5 * noise()
         with autocast(device, precision):
-            return SAMPLERS[sampler](denoise, sched, noise(), ts, noise, callback=_snapshot(snapshots, start), **extra)
+            return SAMPLERS[sampler](denoise, sched, x, ts, noise, callback=_snapshot(snapshots, start), **extra)
     return _in_batches(n, sample_batch(device, batch), first_index, progress, f"{sampler} {len(ts)} steps", one_batch)
 
 
@@ -149,10 +156,11 @@ def data_gaussian(ck):
 
 def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start=None, noise=0.0, labels=None,
                              cfg=None, seed=0, batch=None, precision="fp32", ema=True, progress=True,
-                             snapshots=None, spacing=None, gauss_snr=None, clip=None):
+                             snapshots=None, spacing=None, gauss_snr=None, clip=None, init=None, init_snr=None):
     """n images in [-1, 1] from any checkpoint of this project, and what made them (with the NFE).
     Flags that do not apply to the checkpoint's kind are refused before any work. gauss_snr and clip None:
-    the defaults for the checkpoint's data (recipes.py)."""
+    the defaults for the checkpoint's data (recipes.py). init: uint8 images (N, C, H, W), image k of the n starting
+    from init[k mod N] noised to SNR init_snr (generate_ddpm)."""
     model = model_from_checkpoint(ck, ema=ema, device=device)
     if ck["kind"] == "zoom":
         sampler, start = sampler or "naive", start or "bank"
@@ -160,9 +168,9 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
             raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler naive or improved")
         if start not in STARTS:
             raise UserError(f"unknown start state '{start}'; choose one of {', '.join(STARTS)}")
-        if cfg is not None or eta or spacing or steps is not None or gauss_snr or clip is not None:
-            raise UserError("--cfg, --eta, --spacing, --steps, --gauss-snr and --(no-)clip are DDPM options; a zoom "
-                            "checkpoint walks its own T steps from --start (add --noise for variety)")
+        if cfg is not None or eta or spacing or steps is not None or gauss_snr or clip is not None or init is not None:
+            raise UserError("--cfg, --eta, --spacing, --steps, --gauss-snr, --(no-)clip and --init are DDPM options; a "
+                            "zoom checkpoint walks its own T steps from --start (add --noise for variety)")
         obj = ck["objective"]
         x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
                           batch, progress=progress, snapshots=snapshots, precision=precision)
@@ -193,17 +201,36 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
         if not set(sampler_timesteps(sched, sampler, steps, spacing).tolist()) <= set(trained):
             print(f"warning: this student learned levels {trained} only; {steps} {spacing} steps visit others, where "
                   f"it was never trained (use --steps {student['steps']}, or fewer that share its levels)", file=sys.stderr)
+    ts = sampler_timesteps(sched, sampler, steps, spacing)
+    if init is not None:
+        init = check_init(init, model, sched.snr()[ts], init_snr, n)
+        ts = ts[sched.snr()[ts] >= init_snr]
     gauss = data_gaussian(ck) if gauss_snr else None
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
                       precision, progress=progress, snapshots=snapshots, spacing=spacing, gauss=gauss, gauss_snr=gauss_snr,
-                      clip=clip)
+                      clip=clip, init=init, init_snr=init_snr)
     guided = cfg is not None and labels is not None and cfg != 1  # two network calls per step
-    ts = sampler_timesteps(sched, sampler, steps, spacing)
     calls = int((sched.snr()[ts] >= gauss_snr).sum())  # the closed-form levels call no network
     info = dict(sampler=sampler, steps=steps, spacing=spacing, eta=eta, cfg=cfg, nfe=calls * (2 if guided else 1))
+    if init is not None:
+        info.update(init_snr=init_snr, init_levels=len(ts))
     if not clip:
         info["clip"] = False
     return x, dict(info, gauss_snr=gauss_snr) if gauss_snr else info
+
+
+def check_init(init, model, level_snrs, init_snr, n):
+    """--init's uint8 images as n starting images in [-1, 1] (cycled), after checking them against the model and
+    the sampler's levels."""
+    if init_snr is None:
+        raise UserError("--init needs --init-snr: how noisy the start is (e.g. 0.1 keeps the layout, 3 only the details)")
+    if tuple(init.shape[1:]) != (model.in_ch, model.size, model.size):
+        raise UserError(f"--init images are {tuple(init.shape[1:])}, the model makes "
+                        f"{(model.in_ch, model.size, model.size)}; give a split of the data it was trained on")
+    if not (level_snrs >= init_snr).any():
+        raise UserError(f"--init-snr {init_snr}: no sampler level is that clean (the cleanest has SNR "
+                        f"{level_snrs.max().item():.3g}); give a lower one")
+    return to_model(init[torch.arange(n) % len(init)])
 
 
 def parse_labels(text, n, ck):

@@ -173,7 +173,7 @@ def _cell(c, latest=True):
     parts = parts[parts.index("runs") + 1:] if "runs" in parts else parts[-2:]
     # sampled with guidance or the Gaussian's levels: the picture of that sampling (..._cfg3.jpg, ..._gauss.jpg)
     variant = ((f"_cfg{c['cfg']:g}" if c.get("cfg") is not None else "") + ("_gauss" if c.get("gauss_snr") else "")
-               + ("_noclip" if c.get("clip") is False else ""))
+               + ("_noclip" if c.get("clip") is False else "") + (f"_init{c['init_snr']:g}" if c.get("init") else ""))
     grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + variant + ".jpg")
     picture = f" [samples]({grid})" if latest and os.path.isfile(grid) else ""
     if c.get("kind"):
@@ -187,6 +187,7 @@ def _cell(c, latest=True):
            + (f" · Gaussian below SNR {c['gauss_snr']:g}" if c.get("gauss_snr") else "")
            + (f" ({c['gauss_note']})" if c.get("gauss_note") else "")  # how older code chose a class's Gaussian
            + (" · x̂0 unclipped" if c.get("clip") is False else "")
+           + (f" · from {c['init']} at SNR {c['init_snr']:g}" if c.get("init") else "")
            + ("" if c.get("ema", True) else " · raw")
            + (f" · {c['gen_seconds']:.0f} s" if c.get("gen_seconds") else "") if c.get("nfe") else "–")
     kid = f"{1e3 * c['kid']:.2f}" + (f" ± {1e3 * c['kid_std']:.2f}" if c.get("kid_std") is not None else "") if "kid" in c else "–"

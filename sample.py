@@ -4,12 +4,15 @@
     python sample.py --ckpt runs/ddpm_maps64/ckpt.pt --sampler ancestral --steps 1000
     python sample.py --ckpt runs/zoom_nearest_mnist28/ckpt.pt --start bank --sampler naive
     python sample.py --ckpt runs/consistency_mnist28/ckpt.pt          # a distill.py student: its own few steps
+    python sample.py --ckpt runs/ddpm_coffee64/ckpt.pt --init coffee:test --init-snr 0.1 --data-root DIR  # SDEdit
 
 DDPM: ancestral (all T steps or respaced), DDIM (--eta), DPM-Solver++(2M) as an ODE (dpmpp2m) or an SDE
 (dpmpp2m_sde), multistep consistency sampling (consistency: distill.py's students), with classifier-free
 guidance (--cfg) on class-conditional checkpoints. Cold Zoom: naive
-or improved updates from a start state (--start). Image i always gets the noise of (seed, i), so an
-image does not change with --batch or --n.
+or improved updates from a start state (--start). --init starts a DDPM from real images noised to
+--init-snr instead of pure noise (SDEdit, Meng et al. 2022): a low SNR keeps only their layout, a high one
+all but the finest detail. Image i always gets the noise of (seed, i), so an image does not change with
+--batch or --n.
 Writes grid.png, images/NNNNN.png and samples.npz (uint8, N x H x W x C) to --out.
 """
 import argparse
@@ -21,8 +24,10 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from checkpoint import load_checkpoint
-from cli import FINITE, NONNEG, POSITIVE_INT, Parser, add_run_args, ensure_writable, resolve_device, run_cli
+from cli import (FINITE, NONNEG, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable,
+                 resolve_device, run_cli)
 from data import to_uint8
+from features import load_ref_data, parse_ref
 from generate import (DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_BATCH, SAMPLE_BATCH_CUDA, checkpoint_sampling,
                       generate_from_checkpoint, parse_labels)
 from machine import describe, resolve_precision, set_threads, setup_device
@@ -72,6 +77,12 @@ def main():
     p.add_argument("--noise", type=NONNEG, default=0.0, help="zoom only: std of noise injected while sampling")
     p.add_argument("--batch", type=POSITIVE_INT, default=None,
                    help=f"images per network call (default {SAMPLE_BATCH} on CPU, {SAMPLE_BATCH_CUDA} on CUDA)")
+    p.add_argument("--init", default=None, metavar="SPLIT",
+                   help="DDPM only: start image i from image i of a real split (e.g. coffee:test, folder:PATH), cycled, "
+                        "noised to --init-snr")
+    p.add_argument("--init-snr", type=POSITIVE, default=None, help="with --init: the start's SNR (the sampler's levels "
+                   "below it run)")
+    p.add_argument("--data-root", default="data", help="with --init: where the datasets live")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--progression", action="store_true", help="also write progression.png (x_t and predicted x0 over time)")
     add_run_args(p, "output folder (default <run>/samples_<sampler><steps>)")
@@ -85,21 +96,27 @@ def _main(args):
     set_threads()
     setup_device(device)
     print(describe(device, precision))
+    if (args.init is None) != (args.init_snr is None):
+        raise UserError("--init SPLIT and --init-snr SNR go together: the real images to start from and how noisy")
     ck = load_checkpoint(args.ckpt)
     zoom = ck["kind"] == "zoom"
     labels = parse_labels(args.labels, args.n, ck)
     snaps = [] if args.progression else None
     own_sampler, own_steps = checkpoint_sampling(ck)
     name = (f"{args.sampler or 'naive'}_{args.start or 'bank'}" if zoom else
-            f"{args.sampler or own_sampler}{args.steps or own_steps}")
+            f"{args.sampler or own_sampler}{args.steps or own_steps}" + (f"_init{args.init_snr:g}" if args.init else ""))
+    init = load_ref_data(*parse_ref(args.init), args.data_root, ck["args"]["size"]).images if args.init else None
     out = ensure_writable(args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{name}"), "--out")
     t0 = time.time()
     x, info = generate_from_checkpoint(ck, args.n, device, args.sampler, args.steps, args.eta, args.start, args.noise, labels,
                                        args.cfg, args.seed, args.batch, precision, ema=not args.raw, snapshots=snaps,
-                                       spacing=args.spacing, gauss_snr=args.gauss_snr, clip=args.clip)
+                                       spacing=args.spacing, gauss_snr=args.gauss_snr, clip=args.clip, init=init,
+                                       init_snr=args.init_snr)
     dt = time.time() - t0
     written = save_outputs(x, out, snaps)
     what = f"start {info['start']}" if zoom else f"{info['steps']} steps"
+    if init is not None:
+        what += f", the last {info['init_levels']} from {args.init} at SNR {args.init_snr:g}"
     print(f"{args.n} images in {dt:.1f} s ({args.n / dt:.2f} img/s, {info['sampler']}, {what}, NFE {info['nfe']}, "
           f"{'raw' if args.raw else 'ema'}) -> {written}")
 

@@ -339,3 +339,30 @@ def test_results_page_links_a_runs_picture_only_from_its_newest_card(tmp_path, m
     assert "(results/grids/m10_gauss.jpg)" in rows[1400, "dpmpp2m_sde · 15 · NFE 7 · Gaussian below SNR 0.1"], rows
     unclipped = rows[1400, "dpmpp2m_sde · 15 · NFE 7 · Gaussian below SNR 0.1 · x̂0 unclipped"]
     assert "(results/grids/m10_gauss_noclip.jpg)" in unclipped, rows
+
+
+def test_init_from_real_images_in_sample_and_fid(ddpm_run, zoom_run, tmp_path):
+    """SDEdit starts: sample.py --init writes images and says from where; fid.py --init-snr A,B scores one card per
+    level, and the results page says where they started; pairing and kind errors are one line."""
+    import json
+    ckpt = str(ddpm_run[0] / "ckpt.pt")
+    code, log = run_here("sample.py", "--ckpt", ckpt, "--n", "3", "--init", "maps:train", "--init-snr", "1",
+                         "--out", str(tmp_path / "s"), "--device", "cpu")
+    assert "from maps:train at SNR 1" in log and len(list((tmp_path / "s" / "images").glob("*.png"))) == 3, log
+    for flags in (["--init", "maps:train"], ["--init-snr", "1"], ["--init", "maps:train", "--init-snr", "1e9"]):
+        one_line_error(*run_here("sample.py", "--ckpt", ckpt, "--n", "2", *flags, ok=False))
+    one_line_error(*run_here("sample.py", "--ckpt", str(zoom_run[0] / "ckpt.pt"), "--n", "2", "--init", "maps:train",
+                             "--init-snr", "1", ok=False))
+    one_line_error(*run_here("fid.py", "--ckpt", ckpt, "--n", "2", "--ref", "maps:test", "--init", "maps:train", ok=False))
+    one_line_error(*run_here("fid.py", "--ckpt", ckpt, "--n", "2", "--ref", "maps:test", "--init", "maps:train",
+                             "--init-snr", "a", ok=False))
+    inception_or_skip()
+    out = tmp_path / "fid"
+    code, log = run_here("fid.py", "--ckpt", ckpt, "--n", "6", "--n-ref", "6", "--init", "maps:train", "--init-snr",
+                         "0.5,5", "--gauss-snr", "0", "--metrics", "fid", "--cache-dir", str(tmp_path / "cache"),
+                         "--device", "cpu", "--out", str(out))
+    cards = [json.loads(line) for line in open(out / "scores.jsonl")]
+    assert [c["init_snr"] for c in cards] == [0.5, 5.0] and all(c["init"] == "maps:train" for c in cards)
+    assert cards[0]["nfe"] > cards[1]["nfe"] >= 1 and "_init0.5 |" in log, log  # a cleaner start skips more levels
+    code, page = run_here("plots.py", "results", str(out / "scores.jsonl"))
+    assert "from maps:train at SNR 0.5" in page and "from maps:train at SNR 5" in page, page

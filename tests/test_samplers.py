@@ -291,3 +291,41 @@ def test_clipping_x0_pushes_data_at_the_range_edge_inward(name, steps):
         means[clip] = SAMPLERS[name](d, sched, noise(), ts, noise).clamp(-1, 1).mean().item()
     assert means[True] - means[False] > 0.003, means
     assert abs(means[False] - want) < abs(means[True] - want) - 0.003, (means, want)
+
+
+def test_init_starts_from_the_images_noised_to_the_first_level_at_or_above_init_snr():
+    """SDEdit (Meng et al. 2022): the first network call sees √ᾱ x_init + √(1 − ᾱ) z at the noisiest of the sampler's
+    levels with SNR >= init_snr, z the image's own first noise draw (what a pure-noise start would be), and the
+    levels above it are skipped."""
+    from samplers import PerImageNoise
+    sched = Schedule.make("cosine", 100)
+    m = tiny_model(c=1, size=8)
+    calls = []
+    m.register_forward_pre_hook(lambda mod, args: calls.append((args[0].clone(), args[1].clone())))
+    init = torch.rand(3, 1, 8, 8) * 2 - 1
+    ts = sampler_timesteps(sched, "dpmpp2m_sde", 10, "karras")
+    snr = sched.snr()[ts]
+    init_snr = float(snr[len(ts) // 2])
+    kept = ts[snr >= init_snr]
+    generate_ddpm(m, sched, "eps", 3, "cpu", "dpmpp2m_sde", 10, seed=5, init=init, init_snr=init_snr)
+    assert len(calls) == len(kept) < len(ts)
+    x, t = calls[0]
+    a = sched.abar[kept[-1]].item()
+    z = PerImageNoise(5, range(3), (1, 8, 8), "cpu")()
+    assert torch.allclose(x, a ** 0.5 * init + (1 - a) ** 0.5 * z, atol=1e-6)
+    assert (t == kept[-1]).all() and sorted(int(c[1][0]) for c in calls) == kept.tolist()
+
+
+
+def test_init_images_that_do_not_fit_the_model_or_its_levels_are_refused():
+    from cli import UserError
+    from generate import check_init
+    m, snrs = tiny_model(c=3, size=8), torch.tensor([0.01, 1.0, 100.0])
+    with pytest.raises(UserError, match="--init images are"):
+        check_init(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), m, snrs, 1.0, 2)
+    with pytest.raises(UserError, match="no sampler level is that clean"):
+        check_init(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), m, snrs, 1e3, 2)
+    with pytest.raises(UserError, match="needs --init-snr"):
+        check_init(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), m, snrs, None, 2)
+    x = check_init(torch.full((2, 3, 8, 8), 255, dtype=torch.uint8), m, snrs, 1.0, 5)  # cycled to n, in [-1, 1]
+    assert x.shape == (5, 3, 8, 8) and (x == 1).all()
