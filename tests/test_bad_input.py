@@ -116,7 +116,7 @@ def test_flags_that_do_not_apply_and_unwritable_outputs_are_refused_before_work(
         assert "are DDPM options" in log, log
     code, log = run_here("sample.py", "--ckpt", str(zoom / "ckpt.pt"), "--n", "2", "--no-clip", ok=False)
     one_line_error(code, log)
-    assert "--(no-)clip are DDPM options" in log, log
+    assert "--(no-)clip and --init are DDPM options" in log, log
     (tmp_path / "file").write_text("")
     code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--out", str(tmp_path / "file" / "s"),
                          ok=False)
