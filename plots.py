@@ -171,8 +171,9 @@ def _cell(c, latest=True):
     # runs/anchor/samples_raw.npz -> anchor_samples_raw.jpg)
     parts = os.path.normpath(os.path.splitext(what)[0]).split(os.sep)
     parts = parts[parts.index("runs") + 1:] if "runs" in parts else parts[-2:]
-    # sampled with guidance or the Gaussian's levels: the picture of that sampling (..._cfg3.jpg, ..._gauss.jpg)
-    variant = ((f"_cfg{c['cfg']:g}" if c.get("cfg") is not None else "") + ("_gauss" if c.get("gauss_snr") else "")
+    # sampled with guidance or the Gaussian's levels: the picture of that sampling (..._cfg3.jpg, ..._gauss0.1.jpg)
+    variant = ((f"_cfg{c['cfg']:g}" if c.get("cfg") is not None else "")
+               + (f"_gauss{c['gauss_snr']:g}" if c.get("gauss_snr") else "")
                + ("_noclip" if c.get("clip") is False else "") + (f"_init{c['init_snr']:g}" if c.get("init") else ""))
     grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + variant + ".jpg")
     picture = f" [samples]({grid})" if latest and os.path.isfile(grid) else ""

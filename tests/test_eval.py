@@ -320,7 +320,7 @@ def test_results_page_links_a_runs_picture_only_from_its_newest_card(tmp_path, m
     from plots import results_page
     monkeypatch.chdir(tmp_path)
     os.makedirs("results/grids")
-    for name in ("m10.jpg", "m10_ckpt_5min_cfg1.5.jpg", "m10_gauss.jpg", "m10_gauss_noclip.jpg"):
+    for name in ("m10.jpg", "m10_ckpt_5min_cfg1.5.jpg", "m10_gauss0.1.jpg", "m10_gauss0.1_noclip.jpg", "m10_gauss0.3.jpg"):
         open(os.path.join("results", "grids", name), "wb").close()
     card = dict(kind="ddpm", data="mnist", fd=1.0, n=10, n_ref=10, ref="mnist:test", extractor="classifier")
     cards = [dict(card, source="runs/m10/ckpt.pt", step=700), dict(card, source="runs/m10/ckpt.pt", step=1400),
@@ -336,9 +336,9 @@ def test_results_page_links_a_runs_picture_only_from_its_newest_card(tmp_path, m
     assert "(results/grids/m10.jpg)" in rows[1400, "–"] and "[samples]" not in rows[700, "–"], rows
     guided = rows[350, "dpmpp2m_sde · 15 · NFE 30 · cfg 1.5"]  # guidance shown, with the picture of guided samples
     assert "(results/grids/m10_ckpt_5min_cfg1.5.jpg)" in guided and "[samples]" not in rows[350, "ddim · 15 · NFE 15"]
-    assert "(results/grids/m10_gauss.jpg)" in rows[1400, "dpmpp2m_sde · 15 · NFE 7 · Gaussian below SNR 0.1"], rows
+    assert "(results/grids/m10_gauss0.1.jpg)" in rows[1400, "dpmpp2m_sde · 15 · NFE 7 · Gaussian below SNR 0.1"], rows
     unclipped = rows[1400, "dpmpp2m_sde · 15 · NFE 7 · Gaussian below SNR 0.1 · x̂0 unclipped"]
-    assert "(results/grids/m10_gauss_noclip.jpg)" in unclipped, rows
+    assert "(results/grids/m10_gauss0.1_noclip.jpg)" in unclipped, rows
 
 
 def test_init_from_real_images_in_sample_and_fid(ddpm_run, zoom_run, tmp_path):

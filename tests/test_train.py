@@ -338,7 +338,7 @@ def test_lr_warms_up_holds_then_cools_down_to_zero_at_the_end_of_the_budget(tmp_
 
 def test_sampling_defaults_follow_the_data_and_the_labels():
     from recipes import sampling_defaults
-    assert sampling_defaults("coffee") == {"gauss_snr": 0.1} and sampling_defaults("flowers102") == {}
+    assert sampling_defaults("coffee") == {"gauss_snr": 0.05} and sampling_defaults("flowers102") == {}
     # MNIST: its labels' Gaussians only for a class-conditional model (one Gaussian is no digit); unclipped either way
     assert sampling_defaults("mnist", cond=True) == {"gauss_snr": 0.1, "clip": False}
     assert sampling_defaults("mnist", cond=False) == {"clip": False}
