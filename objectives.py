@@ -74,7 +74,7 @@ def draw_batch(x0, y, gen, part, lo, hi, label_drop, null):
 class DDPM(Objective):
     kind = run_name = "ddpm"
     frozen_args = ("schedule", "T", "pred", "min_snr", "min_snr_plus_one", "min_snr_floor", "learn_sigma",
-                   "schedule_shift")
+                   "schedule_shift", "train_snr_min")
     description = """Train a DDPM (Ho et al. 2020) with the options of improved DDPM and later work.
 
     python train_ddpm.py                                   # main job: maps 64x64, CPU preset, 15 min
@@ -105,6 +105,9 @@ the mean stopped in L_vlb). See losses.py.
         g.add_argument("--min-snr-floor", type=NONNEG, default=0.0,
                        help="with --min-snr: weigh every level's x0 error at least this much (only levels with SNR "
                             "below it change; those min(SNR, γ) leaves all but untrained decide the overall colour)")
+        g.add_argument("--train-snr-min", type=NONNEG, default=0.0,
+                       help="draw training levels only where SNR >= this (0: all); the levels below are the ones "
+                            "sampling's --gauss-snr gives to the data's Gaussian, so no step is spent on them")
         g.add_argument("--learn-sigma", action="store_true", help="learned variance + hybrid loss (improved DDPM)")
         g.add_argument("--grid-sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS),
                        help="sampler for the progress grids (stochastic samplers look cleaner on short runs)")
@@ -113,6 +116,11 @@ the mean stopped in L_vlb). See losses.py.
     def setup(self, args, data):
         self.args = args
         self.sched = Schedule.make(args.schedule, args.T, args.schedule_shift)
+        # SNR falls with t, so the levels with SNR >= --train-snr-min are t < t_end
+        self.t_end = int((self.sched.snr() >= args.train_snr_min).sum())
+        if self.t_end == 0:
+            raise UserError(f"--train-snr-min {args.train_snr_min:g} leaves no level to train (the schedule's highest "
+                            f"SNR is {self.sched.snr()[0].item():.3g}); lower it, or 0 to train every level")
         self.num_classes = data.num_classes if args.cond else 0
         # the data as a Gaussian (one per class for a conditional model), for sampling's --gauss-snr (gaussian.py)
         self.gauss = fit_gaussian(data.images, data.labels, self.num_classes)
@@ -120,7 +128,7 @@ the mean stopped in L_vlb). See losses.py.
 
     def loss(self, model, x0, y, gen, part):
         args, sched = self.args, self.sched
-        t, x0, noise, y = draw_batch(x0, y, gen, part, 0, sched.T, args.label_drop, self.num_classes)
+        t, x0, noise, y = draw_batch(x0, y, gen, part, 0, self.t_end, args.label_drop, self.num_classes)
         xt = sched.q_sample(x0, t, noise)
         out = model(xt, t, y).float()
         loss = diffusion_loss(sched, out, x0, xt, noise, t, args.pred, args.min_snr, args.learn_sigma,

@@ -19,7 +19,7 @@ def test_loss_falls_on_a_fixed_batch(opts):
     from objectives import DDPM
     from data import make_maps, to_model
     args = argparse.Namespace(schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False, min_snr_floor=0.0, learn_sigma=False, label_drop=0.1,
-                              cond=False, grid_sampler="ddim", grid_steps=5)
+                              cond=False, grid_sampler="ddim", grid_steps=5, train_snr_min=0.0)
     vars(args).update(opts)
     data = make_maps(16, 16, seed=1)
     obj = DDPM()
@@ -41,6 +41,39 @@ def test_loss_falls_on_a_fixed_batch(opts):
     with torch.no_grad():
         after = loss_at(123).item()
     assert after < 0.7 * before, (before, after)
+
+
+def test_train_snr_min_draws_only_the_levels_the_network_samples(tmp_path):
+    """--train-snr-min S: every training level has SNR >= S and all of those are drawn; a run trained so warns when
+    sampling would call it below S; an S above every level is refused."""
+    import argparse
+    from objectives import DDPM
+    from data import make_maps, to_model
+    args = argparse.Namespace(schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False,
+                              min_snr_floor=0.0, learn_sigma=False, label_drop=0.1, cond=False, train_snr_min=0.05)
+    data = make_maps(16, 16, seed=1)
+    obj = DDPM()
+    obj.setup(args, data)
+    m = build_unet("tiny", 3, 16)
+    x0 = to_model(data.images).repeat(16, 1, 1, 1)
+    with torch.no_grad():
+        t = torch.cat([(obj.loss(m, x0, None, torch.Generator().manual_seed(i), slice(None))[1] * 100).round().long()
+                       for i in range(4)])
+    snr = obj.sched.snr()
+    assert snr[t].min() >= 0.05 and t.unique().numel() == int((snr >= 0.05).sum()) < 100  # all of them, none below
+    out = tmp_path / "run"
+    run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--sample-every", "0", "--train-snr-min", "0.05",
+             "--out", str(out))
+    _, said = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", "4", "--gauss-snr", "0",
+                       "--out", str(tmp_path / "s"))
+    assert "trained only where SNR >= 0.05" in said and "--gauss-snr 0.05" in said, said
+    _, said = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", "4", "--gauss-snr", "0.05",
+                       "--out", str(tmp_path / "s2"))
+    assert "warning" not in said, said
+    code, said = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--train-snr-min", "1e9",
+                          "--out", str(tmp_path / "bad"), ok=False)
+    one_line_error(code, said)
+    assert "--train-snr-min" in said, said
 
 
 def test_train_then_sample_cli(ddpm_run, tmp_path):
