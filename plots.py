@@ -126,7 +126,10 @@ def scores_figure(cards, x="nfe", metric="fd", where="the cards"):
         if metric not in c or c.get(x) is None:
             continue
         run = os.path.basename(os.path.dirname(c.get("source", ""))) if c.get("kind") else ""
-        key = f"{run} {c.get('extractor', '?')} {c.get('sampler', '')} vs {c.get('ref', '?')} (N={c.get('n', '?')})"
+        # one line per way of sampling too: the same checkpoints sampled two ways are two curves, not a zigzag
+        how = (f" cfg {c['cfg']:g}" if c.get("cfg") is not None else "") + (
+            f" gauss<{c['gauss_snr']:g}" if c.get("gauss_snr") else "")
+        key = f"{run} {c.get('extractor', '?')} {c.get('sampler', '')}{how} vs {c.get('ref', '?')} (N={c.get('n', '?')})"
         series.setdefault(key.strip(), []).append((c[x], c[metric]))
     if not series:
         raise UserError(f"no cards with both '{metric}' and '{x}' in {where}")

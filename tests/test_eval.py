@@ -267,6 +267,20 @@ def test_plots_cli_every_figure(zoom_run, tmp_path):
     one_line_error(*run_here("plots.py", "scores", str(tmp_path / "no.jsonl"), "--out", str(tmp_path / "x.png"), ok=False))
 
 
+def test_scores_figure_draws_one_line_per_run_and_way_of_sampling():
+    """Quality vs minutes: cards of one run sampled with two Gaussian levels are two lines, each in minute order."""
+    from plots import scores_figure
+    card = dict(kind="ddpm", extractor="inception", sampler="dpmpp2m_sde", ref="coffee:test", n=476)
+    cards = [dict(card, source=f"runs/{run}/ckpt_{m}min.pt", train_minutes=m, fd=fd, gauss_snr=g)
+             for run, m, fd, g in (("a", 20, 150.0, 0.05), ("a", 10, 210.0, 0.05), ("a", 20, 160.0, 0.1),
+                                   ("b", 10, 200.0, 0.05))]
+    ax = scores_figure(cards, "minutes").axes[0]
+    lines = {ln.get_label(): list(zip(ln.get_xdata(), ln.get_ydata())) for ln in ax.get_lines()}
+    assert len(lines) == 3, lines
+    assert lines["a inception dpmpp2m_sde gauss<0.05 vs coffee:test (N=476)"] == [(10, 210.0), (20, 150.0)], lines
+    assert ax.get_xlabel() == "training minutes" and ax.get_ylabel() == "Fréchet distance (FID)"
+
+
 def test_fid_classifier_on_labelled_folder(tmp_path):
     """The classifier extractor: trained once and cached, class histogram, entropy, confidence grids."""
     import json
