@@ -46,7 +46,8 @@ FP32_CPU_DEFAULTS = {
 # and more were confident (0.89 against 0.85), while an unconditional model lost (FD 11.3 against 10.1): one
 # Gaussian for all ten digits is no digit (RESULTS.md: "Gaussian below SNR 0.1"). Coffee's ε-network takes one more
 # level, from SNR 0.05: Inception FID 117.2 against 122.3 with the Gaussian up to 0.1 and 117.5 up to 0.01, colour gap
-# 5.5 %, 5.9 % and 8.4 % (N 476 vs coffee:test, 30 minutes, bf16 CPU; RESULTS.md).
+# 5.5 %, 5.9 % and 8.4 % (N 476 vs coffee:test, 30 minutes, bf16 CPU; RESULTS.md); with AVX2 kernels in fp32, 139.3
+# against 145.3 with the Gaussian up to 0.1.
 # clip=False leaves each step's x̂0 unclipped: clipping drops the outward half of the network's error wherever the
 # data sit at the range's edge, and MNIST's black background turned grey (exact-zero pixels 32 % of the image
 # against 51 % unclipped and 82 % in the data; Inception FID 21.4 against 20.1, N 2,000 vs mnist:test, AVX2 CPU).
