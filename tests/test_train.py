@@ -73,7 +73,7 @@ def test_train_snr_min_draws_only_the_levels_the_network_samples(tmp_path):
     code, said = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--train-snr-min", "1e9",
                           "--out", str(tmp_path / "bad"), ok=False)
     one_line_error(code, said)
-    assert "--train-snr-min" in said, said
+    assert "--train-snr-min" in said and not (tmp_path / "bad").exists(), said  # refused before any run folder
 
 
 def test_train_then_sample_cli(ddpm_run, tmp_path):
