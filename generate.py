@@ -202,14 +202,14 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
             print(f"warning: this student learned levels {trained} only; {steps} {spacing} steps visit others, where "
                   f"it was never trained (use --steps {student['steps']}, or fewer that share its levels)", file=sys.stderr)
     ts = sampler_timesteps(sched, sampler, steps, spacing)
-    trained_from = ck["args"].get("train_snr_min", 0.0)
+    if init is not None:
+        init = check_init(init, model, sched.snr()[ts], init_snr, n)
+        ts = ts[sched.snr()[ts] >= init_snr]
+    trained_from = ck["args"].get("train_snr_min", 0.0)  # levels an --init start skips are never asked of it
     untrained = ((sched.snr()[ts] < trained_from) & (sched.snr()[ts] >= gauss_snr)).sum()
     if untrained:
         print(f"warning: this model was trained only where SNR >= {trained_from:g}; --gauss-snr {gauss_snr:g} gives it "
               f"{int(untrained)} levels below, where it never learned (use --gauss-snr {trained_from:g})", file=sys.stderr)
-    if init is not None:
-        init = check_init(init, model, sched.snr()[ts], init_snr, n)
-        ts = ts[sched.snr()[ts] >= init_snr]
     gauss = data_gaussian(ck) if gauss_snr else None
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
                       precision, progress=progress, snapshots=snapshots, spacing=spacing, gauss=gauss, gauss_snr=gauss_snr,

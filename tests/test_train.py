@@ -70,6 +70,9 @@ def test_train_snr_min_draws_only_the_levels_the_network_samples(tmp_path):
     _, said = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", "4", "--gauss-snr", "0.05",
                        "--out", str(tmp_path / "s2"))
     assert "warning" not in said, said
+    _, said = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", "4", "--gauss-snr", "0",
+                       "--init", "maps:train", "--init-snr", "1", "--out", str(tmp_path / "s3"))
+    assert "warning" not in said, said  # a start at SNR 1 never asks for the untrained levels
     code, said = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--train-snr-min", "1e9",
                           "--out", str(tmp_path / "bad"), ok=False)
     one_line_error(code, said)
