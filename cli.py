@@ -54,6 +54,14 @@ def number_list(item):
 
 
 POSITIVE_INT, NONNEG_INT = number(int, 1), number(int, 0)
+
+
+def int_list(text):
+    """An argparse type: comma-separated positive integers in the order given, e.g. '1,2,4,4'."""
+    return [POSITIVE_INT(v) for v in text.split(",")]
+
+
+int_list.__name__ = "a comma-separated list of positive integers"
 POSITIVE, NONNEG, FRACTION = number(float, 0, lo_open=True), number(float, 0), number(float, 0, 1, hi_open=True)
 FINITE = number(float)
 

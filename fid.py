@@ -30,7 +30,7 @@ import torch
 from torchvision.utils import save_image
 
 from checkpoint import load_checkpoint
-from cli import (FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, resolve_device,
+from cli import (FINITE, NONNEG, NONNEG_INT, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, resolve_device,
                  run_cli)
 from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
 from features import (PYTORCH_FID_FILE, Classifier, Inception, compare_with_pytorch_fid_file, inception_fingerprint,
@@ -75,6 +75,8 @@ def main():
     g.add_argument("--cfg", type=FINITE, default=None)
     g.add_argument("--gauss-snr", type=NONNEG, default=None,
                    help="levels with SNR below this take the data's closed-form Gaussian x̂0 (see sample.py)")
+    g.add_argument("--gauss-mix", type=NONNEG_INT, default=None,
+                   help="a mixture of this many Gaussians at those levels (see sample.py)")
     g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip each step's x̂0 to [-1, 1] (default: the data's, see sample.py)")
     g.add_argument("--start", default=None, help="zoom start state(s): hist, single, bank, gmm; comma-separated "
@@ -199,7 +201,7 @@ def sample_jobs(args, device, precision):
                 x, info = generate_from_checkpoint(ck, args.n, device, sampler or None, st, args.eta, start,
                                                    args.noise, labels, args.cfg, args.seed, args.batch, precision,
                                                    ema=not args.raw, spacing=args.spacing, gauss_snr=args.gauss_snr,
-                                                   clip=args.clip, init=init, init_snr=init_snr)
+                                                   gauss_mix=args.gauss_mix, clip=args.clip, init=init, init_snr=init_snr)
                 gen_s = time.time() - t0
                 label = (f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
                          + ("_noclip" if info.get("clip") is False else "")

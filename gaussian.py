@@ -14,16 +14,39 @@ import torch
 
 
 @torch.no_grad()
-def fit_gaussian(images, labels=None, num_classes=0, chunk=1024):
+def fit_gaussian(images, labels=None, num_classes=0, components=0, chunk=1024):
     """{'mean': C×H×W, 'spectrum': H×W×C×C×2 (real, imaginary)} of uint8 N×C×H×W images in model space [-1, 1].
     With labels and num_classes > 0 also one Gaussian per class, stacked ('class_mean': K×C×H×W,
-    'class_spectrum': K×H×W×C×C×2), for a class-conditional model: its label decides the top levels too."""
+    'class_spectrum': K×H×W×C×C×2), for a class-conditional model: its label decides the top levels too.
+    components > 1 adds a mixture ('mix_mean', 'mix_spectrum', 'mix_weight'): one Gaussian per k-means cluster
+    of the images' mean colours, so data whose images come in a few colour families (red fields, cyan soil) are
+    not drawn in the hues between them."""
     out = _fit(images, chunk)
     if labels is not None and num_classes > 0:
         per = [_fit(images[labels == k], chunk) if (labels == k).any() else out for k in range(num_classes)]
         out["class_mean"] = torch.stack([p["mean"] for p in per])
         out["class_spectrum"] = torch.stack([p["spectrum"] for p in per])
+    if min(components, len(images)) > 1:
+        cluster = _colour_clusters(images, min(components, len(images)))
+        found = cluster.unique()  # the clusters that kept images (all of them but in degenerate data)
+        per = [_fit(images[cluster == k], chunk) for k in found]
+        out["mix_mean"] = torch.stack([p["mean"] for p in per])
+        out["mix_spectrum"] = torch.stack([p["spectrum"] for p in per])
+        out["mix_weight"] = torch.bincount(cluster)[found].float() / len(images)
     return out
+
+
+def _colour_clusters(images, k, iters=30):
+    """Cluster index per image: k-means (Lloyd, deterministic start: k images spread along the brightness order)
+    of each image's mean colour."""
+    f = images.float().mean((2, 3))
+    centres = f[f.sum(1).argsort()[torch.linspace(0, len(f) - 1, k).long()]]
+    for _ in range(iters):
+        cluster = torch.cdist(f, centres).argmin(1)
+        for j in range(k):
+            if (cluster == j).any():
+                centres[j] = f[cluster == j].mean(0)
+    return cluster
 
 
 def _fit(images, chunk):
@@ -40,6 +63,8 @@ def _fit(images, chunk):
 def gaussian_x0(stats, xt, alpha, sigma, labels=None):
     """E[x0 | x_t] for x_t = α x0 + σ ε and x0 ~ N(mean, Σ): mean + α Σ (α² Σ + σ² I)⁻¹ (x_t − α mean),
     each frequency on its own. With labels (and the per-class Gaussians) each image takes its class's."""
+    if labels is None and "mix_mean" in stats:
+        return _mixture_x0(stats, xt, alpha, sigma)
     if labels is None or "class_mean" not in stats:
         return _x0(stats["mean"], stats["spectrum"], xt, alpha, sigma)
     out = torch.empty(xt.shape, device=xt.device)
@@ -52,10 +77,26 @@ def gaussian_x0(stats, xt, alpha, sigma, labels=None):
     return out
 
 
-def _x0(mean, spectrum, xt, alpha, sigma):
+def _x0(mean, spectrum, xt, alpha, sigma, log_density=False):
+    """E[x0 | x_t] under one Gaussian; with log_density also log p(x_t) up to a constant shared by all Gaussians
+    (the circulant covariance: ½ Σ_f of the quadratic form and log-determinant, f over all frequencies)."""
     mean = mean.to(xt.device)
     s = torch.view_as_complex(spectrum.to(xt.device).float())
     c = s.shape[-1]
-    gain = alpha * torch.linalg.solve(alpha ** 2 * s + sigma ** 2 * torch.eye(c, device=xt.device), s)  # H×W×C×C
+    cov = alpha ** 2 * s + sigma ** 2 * torch.eye(c, device=xt.device)  # of x_t, per frequency: H×W×C×C
     f = torch.fft.fft2(xt.float() - alpha * mean, norm="ortho")
-    return mean + torch.fft.ifft2(torch.einsum("hwcd,bdhw->bchw", gain, f), norm="ortho").real
+    white = torch.linalg.solve(cov, f.permute(2, 3, 1, 0))  # H×W×C×B: cov⁻¹ (x_t − α mean)
+    x0 = mean + torch.fft.ifft2(alpha * torch.einsum("hwcd,hwdb->bchw", s, white), norm="ortho").real
+    if not log_density:
+        return x0
+    quad = (f.permute(2, 3, 1, 0).conj() * white).real.sum((0, 1, 2))
+    return x0, -0.5 * (quad + torch.linalg.slogdet(cov).logabsdet.sum())
+
+
+def _mixture_x0(stats, xt, alpha, sigma):
+    """E[x0 | x_t] = Σ_k p(k | x_t) E[x0 | x_t, k] under the mixture, p(k | x_t) ∝ w_k p(x_t | k)."""
+    x0s, logp = zip(*(_x0(m, s, xt, alpha, sigma, log_density=True)
+                      for m, s in zip(stats["mix_mean"], stats["mix_spectrum"])))
+    logp = torch.stack(logp, 1) + stats["mix_weight"].to(xt.device).clamp(min=1e-12).log()
+    r = logp.softmax(1)  # B×K
+    return torch.einsum("bk,kbchw->bchw", r, torch.stack(x0s))

@@ -133,13 +133,15 @@ def schedule_of(ck):
     return Schedule.make(a["schedule"], a["T"], a.get("schedule_shift", 1.0))
 
 
-def data_gaussian(ck):
-    """The checkpoint's training data as a Gaussian (gaussian.py): stored by training, or, for a checkpoint
-    made before it was (or before a conditional model's stored one per class), fitted to its data again."""
+def data_gaussian(ck, mix=0):
+    """The checkpoint's training data as a Gaussian (gaussian.py), or with mix > 1 as a mixture of that many:
+    stored by training, or, for a checkpoint made before it was (or before a conditional model's stored one per
+    class, or without that mixture), fitted to its data again."""
     stored = (ck.get("objective") or {}).get("gauss")
     cond = ck["args"].get("cond")
-    if stored is not None and (not cond or "class_mean" in stored):
-        return stored
+    has_mix = stored is not None and len(stored.get("mix_weight", ())) == mix
+    if stored is not None and (not cond or "class_mean" in stored) and (mix <= 1 or has_mix):
+        return stored if mix > 1 else _one_gaussian(stored)
     import argparse
     from data import DataError, data_from_args
     from gaussian import fit_gaussian
@@ -148,15 +150,24 @@ def data_gaussian(ck):
         data = data_from_args(argparse.Namespace(**a))
     except DataError as e:
         if stored is not None:  # the pooled Gaussian still serves; the label then waits for the network's levels
-            return stored
+            if mix > 1 and not has_mix:
+                print(f"warning: --gauss-mix {mix} needs the training data, which cannot be read ({e}); "
+                      f"sampling with the checkpoint's single Gaussian", file=sys.stderr)
+            return _one_gaussian(stored)
         raise UserError(f"--gauss-snr needs the training data's statistics, which this checkpoint does not hold, "
                         f"and its data cannot be read ({e})")
-    return fit_gaussian(data.images, data.labels, data.num_classes if cond else 0)
+    return fit_gaussian(data.images, data.labels, data.num_classes if cond else 0, components=mix)
+
+
+def _one_gaussian(stats):
+    """The stats without their mixture, if they hold one."""
+    return {k: v for k, v in stats.items() if not k.startswith("mix_")} if "mix_weight" in stats else stats
 
 
 def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, start=None, noise=0.0, labels=None,
                              cfg=None, seed=0, batch=None, precision="fp32", ema=True, progress=True,
-                             snapshots=None, spacing=None, gauss_snr=None, clip=None, init=None, init_snr=None):
+                             snapshots=None, spacing=None, gauss_snr=None, clip=None, init=None, init_snr=None,
+                             gauss_mix=None):
     """n images in [-1, 1] from any checkpoint of this project, and what made them (with the NFE).
     Flags that do not apply to the checkpoint's kind are refused before any work. gauss_snr and clip None:
     the defaults for the checkpoint's data (recipes.py). init: uint8 images (N, C, H, W), image k of the n starting
@@ -168,9 +179,10 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
             raise UserError(f"'{sampler}' is a DDPM sampler; a zoom checkpoint takes --sampler naive or improved")
         if start not in STARTS:
             raise UserError(f"unknown start state '{start}'; choose one of {', '.join(STARTS)}")
-        if cfg is not None or eta or spacing or steps is not None or gauss_snr or clip is not None or init is not None:
-            raise UserError("--cfg, --eta, --spacing, --steps, --gauss-snr, --(no-)clip and --init are DDPM options; a "
-                            "zoom checkpoint walks its own T steps from --start (add --noise for variety)")
+        if (cfg is not None or eta or spacing or steps is not None or gauss_snr or clip is not None or init is not None
+                or gauss_mix is not None):
+            raise UserError("--cfg, --eta, --spacing, --steps, --gauss-snr, --gauss-mix, --(no-)clip and --init are DDPM "
+                            "options; a zoom checkpoint walks its own T steps from --start (add --noise for variety)")
         obj = ck["objective"]
         x = generate_zoom(model, obj["stats"], obj["T"], obj["mode"], n, device, start, sampler, noise, labels, seed,
                           batch, progress=progress, snapshots=snapshots, precision=precision)
@@ -210,7 +222,8 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
     if untrained:
         print(f"warning: this model was trained only where SNR >= {trained_from:g}; --gauss-snr {gauss_snr:g} gives it "
               f"{int(untrained)} levels below, where it never learned (use --gauss-snr {trained_from:g})", file=sys.stderr)
-    gauss = data_gaussian(ck) if gauss_snr else None
+    gauss_mix = own.get("gauss_mix", 0) if gauss_mix is None else gauss_mix
+    gauss = data_gaussian(ck, gauss_mix) if gauss_snr else None
     x = generate_ddpm(model, sched, ck["args"]["pred"], n, device, sampler, steps, eta, labels, cfg, seed, batch,
                       precision, progress=progress, snapshots=snapshots, spacing=spacing, gauss=gauss, gauss_snr=gauss_snr,
                       clip=clip, init=init, init_snr=init_snr)
@@ -221,6 +234,8 @@ def generate_from_checkpoint(ck, n, device, sampler=None, steps=None, eta=0.0, s
         info.update(init_snr=init_snr, init_levels=len(ts))
     if not clip:
         info["clip"] = False
+    if gauss is not None and "mix_weight" in gauss and not ck["args"].get("cond"):
+        info["gauss_mix"] = gauss_mix
     return x, dict(info, gauss_snr=gauss_snr) if gauss_snr else info
 
 

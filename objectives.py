@@ -122,8 +122,10 @@ the mean stopped in L_vlb). See losses.py.
             raise UserError(f"--train-snr-min {args.train_snr_min:g} leaves no level to train (the schedule's highest "
                             f"SNR is {self.sched.snr()[0].item():.3g}); lower it, or 0 to train every level")
         self.num_classes = data.num_classes if args.cond else 0
-        # the data as a Gaussian (one per class for a conditional model), for sampling's --gauss-snr (gaussian.py)
-        self.gauss = fit_gaussian(data.images, data.labels, self.num_classes)
+        # the data as a Gaussian (one per class for a conditional model; a mixture where the data's sampling defaults
+        # take one), for sampling's --gauss-snr (gaussian.py)
+        mix = sampling_defaults(args.data, self.num_classes > 0).get("gauss_mix", 0)
+        self.gauss = fit_gaussian(data.images, data.labels, self.num_classes, components=mix)
         return dict(learn_sigma=args.learn_sigma)
 
     def loss(self, model, x0, y, gen, part):
@@ -296,7 +298,7 @@ levels in one stage; it samples with deterministic DDIM on those levels (spacing
             # on the solver's levels plus the student's, so that every point the student learns at lies on them.
             own = sampling_defaults(a["data"], bool(a.get("cond")))
             self.gauss_snr, self.clip = own.get("gauss_snr", 0.0), own.get("clip", True)
-            self.gauss = data_gaussian(ck) if self.gauss_snr else None
+            self.gauss = data_gaussian(ck, own.get("gauss_mix", 0)) if self.gauss_snr else None
             self.levels = timesteps_for(self.sched, args.sample_steps, "trailing")
             self.ode_ts = torch.cat([timesteps_for(self.sched, args.ode_steps, "karras"), self.levels]).unique()
         return dict(learn_sigma=a.get("learn_sigma", False))

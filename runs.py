@@ -21,7 +21,7 @@ from machine import autocast
 
 # Flags that define the model and the data: on --resume they come from the checkpoint.
 # The data's path is not among them: a moved dataset resumes, checked by its content (data_fingerprint).
-FROZEN_ON_RESUME = ("data", "size", "folds", "preset", "ch", "blocks", "patch_from", "patch", "cond", "batch", "lr", "optimizer",
+FROZEN_ON_RESUME = ("data", "size", "folds", "preset", "ch", "blocks", "mults", "patch_from", "patch", "cond", "batch", "lr", "optimizer",
                     "weight_decay", "warmup", "cooldown", "grad_clip", "ema_halflife_kimg", "ema_rampup", "seed",
                     "label_drop", "n_maps", "augment")
 

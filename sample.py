@@ -24,7 +24,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from checkpoint import load_checkpoint
-from cli import (FINITE, NONNEG, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable,
+from cli import (FINITE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable,
                  resolve_device, run_cli)
 from data import to_uint8
 from features import load_ref_data, parse_ref
@@ -65,8 +65,12 @@ def main():
     p.add_argument("--eta", type=NONNEG, default=0.0, help="DDIM noise (0 deterministic, 1 = ancestral)")
     p.add_argument("--gauss-snr", type=NONNEG, default=None,
                    help="levels with SNR below this take the closed-form x̂0 of the training data as one Gaussian instead of the network "
-                        "(no network call; gaussian.py; default: the data's, recipes.py: 0.1 for coffee, cifar10, maps and "
-                        "class-conditional mnist, else 0 = off)")
+                        "(no network call; gaussian.py; default: the data's, recipes.py: 0.05 for coffee, 0.1 for cifar10, maps "
+                        "and class-conditional mnist, else 0 = off)")
+    p.add_argument("--gauss-mix", type=NONNEG_INT, default=None,
+                   help="with --gauss-snr, an unconditional model's closed-form levels take a mixture of this many Gaussians, "
+                        "one per k-means cluster of the training images' mean colours (0 or 1: one Gaussian; default: the "
+                        "data's, recipes.py)")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip each step's x̂0 to [-1, 1]; the images are clamped at the end either way. Clipping biases x̂0 "
                         "inward wherever the data sit at the range's edge, MNIST's black background: a grey haze (default: "
@@ -110,7 +114,8 @@ def _main(args):
     t0 = time.time()
     x, info = generate_from_checkpoint(ck, args.n, device, args.sampler, args.steps, args.eta, args.start, args.noise, labels,
                                        args.cfg, args.seed, args.batch, precision, ema=not args.raw, snapshots=snaps,
-                                       spacing=args.spacing, gauss_snr=args.gauss_snr, clip=args.clip, init=init,
+                                       spacing=args.spacing, gauss_snr=args.gauss_snr, gauss_mix=args.gauss_mix,
+                                       clip=args.clip, init=init,
                                        init_snr=args.init_snr)
     dt = time.time() - t0
     written = save_outputs(x, out, snaps)

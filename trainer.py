@@ -19,8 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, number_list,
-                 resolve_device, run_cli)
+from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, int_list,
+                 number_list, resolve_device, run_cli)
 from data import AUGMENTS, add_data_args, augment_batch, data_from_args, to_model
 from machine import autocast, ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
@@ -38,6 +38,8 @@ def base_parser(description):
                    help="override the preset's base width (default: the preset's, or recipes.py's for --data)")
     g.add_argument("--blocks", type=POSITIVE_INT, default=None,
                    help="override the preset's res blocks per level (default: the preset's, or recipes.py's for --data)")
+    g.add_argument("--mults", type=int_list, default=None,
+                   help="override the preset's width multipliers, one per resolution level (e.g. 1,2,2,4)")
     g.add_argument("--patch-from", type=NONNEG_INT, default=None,
                    help="override the preset's patching: images this many px or larger enter as patches (0: never)")
     g.add_argument("--patch", type=POSITIVE_INT, default=None,
@@ -317,7 +319,7 @@ class Run:
             f"{'%d classes' % data.num_classes if args.cond else 'unconditional'}")
         torch.manual_seed(args.seed)  # the initial weights, and dropout's draws
         model = build_unet(args.preset, data.channels, data.size, num_classes=data.num_classes if args.cond else 0,
-                           ch=args.ch, blocks=args.blocks,
+                           ch=args.ch, blocks=args.blocks, mults=args.mults,
                            patch_from=args.patch_from, patch=args.patch, **model_kwargs).to(device)
         objective.init_model(model)
         log(describe_unet(model, args.preset))

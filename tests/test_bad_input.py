@@ -44,6 +44,8 @@ BAD_NUMBERS = [  # (script, flags, what the one line must say)
     ("train_ddpm.py", ["--lr", "fast"], "argument --lr: 'fast' is not a number > 0"),
     ("train_ddpm.py", ["--T", "0"], "argument --T"),
     ("train_ddpm.py", ["--ch", "0"], "argument --ch"),
+    ("train_ddpm.py", ["--mults", "1,0,2"], "argument --mults: 0 is out of range: give an integer >= 1"),
+    ("train_ddpm.py", ["--mults", "1,x"], "argument --mults: 'x' is not an integer >= 1"),
     ("train_ddpm.py", ["--ema-rampup", "1"], "argument --ema-rampup: 1 is out of range: give a number >= 0 and < 1"),
     ("train_ddpm.py", ["--label-drop", "1.5"], "argument --label-drop"),
     ("train_ddpm.py", ["--warmup", "-1"], "argument --warmup"),

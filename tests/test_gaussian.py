@@ -7,6 +7,7 @@ from checkpoint import load_checkpoint
 from cli import UserError
 from gaussian import fit_gaussian, gaussian_x0
 from generate import data_gaussian, generate_ddpm, generate_from_checkpoint
+from helpers import one_line_error, run_here
 from samplers import make_denoiser
 from schedules import Schedule
 from test_samplers import tiny_model
@@ -84,6 +85,48 @@ def _two_colours(n=1200, size=8):
     labels = torch.arange(n) % 2
     shift = torch.tensor([[40, 0, -40], [-40, 0, 40]])[labels].view(n, 3, 1, 1)
     return (images.int() + shift).clamp(0, 255).to(torch.uint8), labels
+
+
+def _dense(stats_mean, spectrum):
+    """The dense mean and covariance a per-frequency spectrum stands for (Σ v = IFFT(S · FFT(v)), column by column)."""
+    c, h, w = stats_mean.shape
+    d = c * h * w
+    s = torch.view_as_complex(spectrum).to(torch.complex128)
+    f = torch.fft.fft2(torch.eye(d, dtype=torch.float64).view(d, c, h, w), norm="ortho")
+    return stats_mean.double().flatten(), torch.fft.ifft2(torch.einsum("hwcd,bdhw->bchw", s, f), norm="ortho").real.reshape(d, d)
+
+
+def test_mixture_x0_equals_the_dense_mixture_posterior_mean():
+    """With components, x̂0 is the dense Σ_k p(k | x_t) E[x0 | x_t, k], p(k | x_t) ∝ w_k N(x_t; α μ_k, α² Σ_k + σ² I):
+    the clusters are the two colour families, each Gaussian is its cluster's own fit, and at low noise an image
+    drawn near one family's colour is given that family's posterior mean."""
+    images, labels = _two_colours(600, 4)
+    shift = torch.tensor([[50, 0, -50], [-50, 0, 50]])[labels].view(-1, 3, 1, 1)  # families far apart
+    images = (images.int() + shift).clamp(0, 255).to(torch.uint8)
+    stats = fit_gaussian(images, components=2)
+    assert stats["mix_mean"].shape == (2, 3, 4, 4) and stats["mix_spectrum"].shape == (2, 4, 4, 3, 3, 2)
+    red_first = stats["mix_mean"][:, 0].mean((1, 2)).argsort(descending=True)  # cluster order is arbitrary
+    assert torch.allclose(stats["mix_weight"].sum(), torch.tensor(1.0))
+    for k, cls in zip(red_first.tolist(), (0, 1)):
+        alone = fit_gaussian(images[labels == cls])  # the clusters recover the two families exactly
+        assert torch.allclose(stats["mix_mean"][k], alone["mean"]) and torch.allclose(stats["mix_spectrum"][k], alone["spectrum"])
+    d = 3 * 4 * 4
+    xt = torch.randn(4, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for alpha, sigma in ((0.3, 0.95), (0.1, 0.995)):
+        logp, x0 = [], []
+        for k in range(2):
+            mean, cov = _dense(stats["mix_mean"][k], stats["mix_spectrum"][k])
+            dist = torch.distributions.MultivariateNormal(alpha * mean, alpha ** 2 * cov + sigma ** 2 * torch.eye(d, dtype=torch.float64))
+            logp.append(dist.log_prob(xt) + stats["mix_weight"][k].double().log())
+            x0.append(mean + alpha * torch.linalg.solve(dist.covariance_matrix, (xt - alpha * mean).T).T @ cov.T)
+        r = torch.stack(logp, 1).softmax(1)
+        want = r[:, 0:1] * x0[0] + r[:, 1:2] * x0[1]
+        got = gaussian_x0(stats, xt.float().view(4, 3, 4, 4), alpha, sigma).flatten(1)
+        assert torch.allclose(got.double(), want, atol=1e-4), (got - want).abs().max()
+    red = torch.tensor([0.6, 0.0, -0.6]).view(1, 3, 1, 1).expand(1, 3, 4, 4)  # a red image, lightly noised
+    got = gaussian_x0(stats, 0.9 * red + 0.44 * torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(4)), 0.9, 0.44)
+    assert got[0, 0].mean() > got[0, 2].mean() + 0.5  # red, not the grey between the families
+    assert "mix_mean" not in fit_gaussian(images)  # no components: one Gaussian
 
 
 def test_per_class_gaussians_are_each_class_fitted_alone():
@@ -184,3 +227,34 @@ def test_a_checkpoint_carries_its_data_gaussian_and_the_closed_form_levels_save_
         generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)
     with pytest.raises(UserError, match="--gauss-snr"):
         generate_from_checkpoint(load_checkpoint(str(zoom_run[0] / "ckpt.pt")), 2, "cpu", gauss_snr=0.1)
+
+
+def test_gauss_mix_fits_a_mixture_where_the_checkpoint_holds_none_and_the_card_says_so(ddpm_run, tmp_path, capsys):
+    """--gauss-mix K: a checkpoint without that mixture has it fitted to its data, the images change and the card
+    records K; its data gone, the checkpoint's single Gaussian serves with a warning. Training on coffee stores the
+    mixture its sampling takes (recipes.py)."""
+    ck = load_checkpoint(str(ddpm_run[0] / "ckpt.pt"))
+    ck["args"]["n_maps"] = 128
+    assert "mix_mean" not in ck["objective"]["gauss"]
+    mixed = data_gaussian(ck, 3)
+    assert mixed["mix_mean"].shape[0] == 3 and torch.equal(mixed["mean"], ck["objective"]["gauss"]["mean"])
+    assert data_gaussian(ck) is ck["objective"]["gauss"] and "mix_mean" not in data_gaussian(dict(ck, objective={"gauss": mixed}))
+    one, info1 = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)
+    mix, info3 = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, gauss_mix=3, progress=False)
+    assert info3["gauss_mix"] == 3 and "gauss_mix" not in info1 and not torch.equal(one, mix)
+    ck["args"]["data_root"] = str(ddpm_run[0] / "nowhere")
+    ck["args"]["data"] = "mnist"
+    x, info = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, gauss_mix=3, progress=False)
+    assert "cannot be read" in capsys.readouterr().err and "gauss_mix" not in info
+    code, log = run_here("sample.py", "--ckpt", str(ddpm_run[0] / "ckpt.pt"), "--n", "2", "--gauss-mix", "-1",
+                         "--out", str(tmp_path / "bad"), ok=False)
+    one_line_error(code, log)
+    import argparse
+    from data import make_maps
+    from objectives import DDPM
+    args = argparse.Namespace(data="coffee", schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0,
+                              min_snr_plus_one=False, min_snr_floor=0.0, learn_sigma=False, label_drop=0.1, cond=False,
+                              train_snr_min=0.0)
+    obj = DDPM()
+    obj.setup(args, make_maps(64, 16, seed=1))
+    assert obj.state()["gauss"]["mix_mean"].shape[0] == 8

@@ -18,7 +18,7 @@ def test_loss_falls_on_a_fixed_batch(opts):
     import argparse
     from objectives import DDPM
     from data import make_maps, to_model
-    args = argparse.Namespace(schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False, min_snr_floor=0.0, learn_sigma=False, label_drop=0.1,
+    args = argparse.Namespace(data="maps", schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False, min_snr_floor=0.0, learn_sigma=False, label_drop=0.1,
                               cond=False, grid_sampler="ddim", grid_steps=5, train_snr_min=0.0)
     vars(args).update(opts)
     data = make_maps(16, 16, seed=1)
@@ -49,7 +49,7 @@ def test_train_snr_min_draws_only_the_levels_the_network_samples(tmp_path):
     import argparse
     from objectives import DDPM
     from data import make_maps, to_model
-    args = argparse.Namespace(schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False,
+    args = argparse.Namespace(data="maps", schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False,
                               min_snr_floor=0.0, learn_sigma=False, label_drop=0.1, cond=False, train_snr_min=0.05)
     data = make_maps(16, 16, seed=1)
     obj = DDPM()
@@ -125,18 +125,24 @@ def test_checkpoints_kept_at_training_minutes_carry_their_time(tmp_path):
 
 
 def test_width_depth_and_patching_overrides_build_and_survive_resume(tmp_path):
-    """--ch, --blocks, --patch-from and --patch change single fields of the preset; a resumed run keeps them and
-    refuses a contradicting value in one line."""
+    """--ch, --blocks, --mults, --patch-from and --patch change single fields of the preset; a resumed run keeps them
+    and refuses a contradicting value in one line."""
     out = tmp_path / "run"
     run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--sample-every", "0", "--ch", "24",
-             "--blocks", "2", "--patch-from", "16", "--out", str(out))
+             "--blocks", "2", "--mults", "1,2,4", "--patch-from", "16", "--out", str(out))
     cfg = torch.load(out / "ckpt.pt", weights_only=True)["model_config"]
-    assert (cfg["ch"], cfg["blocks"], cfg["patch_from"]) == (24, 2, 16)
+    assert (cfg["ch"], cfg["blocks"], cfg["mults"], cfg["patch_from"]) == (24, 2, (1, 2, 4), 16)
+    code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", "2",
+                         "--out", str(tmp_path / "s"))
+    assert code == 0 and "Traceback" not in log, log
     run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "3", "--resume", "--out", str(out))
     assert torch.load(out / "ckpt.pt", weights_only=True)["model_config"] == cfg
     code, log = run_here("train_ddpm.py", "--resume", "--out", str(out), "--blocks", "1", ok=False)
     one_line_error(code, log)
     assert "--blocks 1 contradicts" in log
+    code, log = run_here("train_ddpm.py", "--resume", "--out", str(out), "--mults", "1,2", ok=False)
+    one_line_error(code, log)
+    assert "--mults [1, 2] contradicts" in log
     # --patch sets the patch side; one that does not divide the image is refused before any work
     code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--sample-every", "0",
                          "--patch-from", "16", "--patch", "4", "--out", str(tmp_path / "p4"))
@@ -374,7 +380,7 @@ def test_lr_warms_up_holds_then_cools_down_to_zero_at_the_end_of_the_budget(tmp_
 
 def test_sampling_defaults_follow_the_data_and_the_labels():
     from recipes import sampling_defaults
-    assert sampling_defaults("coffee") == {"gauss_snr": 0.05} and sampling_defaults("flowers102") == {}
+    assert sampling_defaults("coffee") == {"gauss_snr": 0.05, "gauss_mix": 8} and sampling_defaults("flowers102") == {}
     # MNIST: its labels' Gaussians only for a class-conditional model (one Gaussian is no digit); unclipped either way
     assert sampling_defaults("mnist", cond=True) == {"gauss_snr": 0.1, "clip": False}
     assert sampling_defaults("mnist", cond=False) == {"clip": False}
