@@ -128,7 +128,7 @@ def scores_figure(cards, x="nfe", metric="fd", where="the cards"):
         run = os.path.basename(os.path.dirname(c.get("source", ""))) if c.get("kind") else ""
         # one line per way of sampling too: the same checkpoints sampled two ways are two curves, not a zigzag
         how = (f" cfg {c['cfg']:g}" if c.get("cfg") is not None else "") + (
-            f" gauss<{c['gauss_snr']:g}" if c.get("gauss_snr") else "")
+            f" gauss<{c['gauss_snr']:g}" if c.get("gauss_snr") else "") + (f" mix{c['gauss_mix']}" if c.get("gauss_mix") else "")
         key = f"{run} {c.get('extractor', '?')} {c.get('sampler', '')}{how} vs {c.get('ref', '?')} (N={c.get('n', '?')})"
         series.setdefault(key.strip(), []).append((c[x], c[metric]))
     if not series:
@@ -174,9 +174,9 @@ def _cell(c, latest=True):
     # runs/anchor/samples_raw.npz -> anchor_samples_raw.jpg)
     parts = os.path.normpath(os.path.splitext(what)[0]).split(os.sep)
     parts = parts[parts.index("runs") + 1:] if "runs" in parts else parts[-2:]
-    # sampled with guidance or the Gaussian's levels: the picture of that sampling (..._cfg3.jpg, ..._gauss0.1.jpg)
+    # sampled with guidance or the Gaussian's levels: the picture of that sampling (..._cfg3.jpg, ..._gauss0.1_mix8.jpg)
     variant = ((f"_cfg{c['cfg']:g}" if c.get("cfg") is not None else "")
-               + (f"_gauss{c['gauss_snr']:g}" if c.get("gauss_snr") else "")
+               + (f"_gauss{c['gauss_snr']:g}" if c.get("gauss_snr") else "") + (f"_mix{c['gauss_mix']}" if c.get("gauss_mix") else "")
                + ("_noclip" if c.get("clip") is False else "") + (f"_init{c['init_snr']:g}" if c.get("init") else ""))
     grid = os.path.join("results", "grids", "_".join(parts[:-1] if parts[-1] == "ckpt" else parts) + variant + ".jpg")
     picture = f" [samples]({grid})" if latest and os.path.isfile(grid) else ""
@@ -189,6 +189,7 @@ def _cell(c, latest=True):
     how = (f"{c.get('sampler')} · {c.get('steps') or c.get('start', '')} · NFE {c.get('nfe')}"
            + (f" · cfg {c['cfg']:g}" if c.get("cfg") is not None else "")
            + (f" · Gaussian below SNR {c['gauss_snr']:g}" if c.get("gauss_snr") else "")
+           + (f" (a mixture of {c['gauss_mix']})" if c.get("gauss_mix") else "")
            + (f" ({c['gauss_note']})" if c.get("gauss_note") else "")  # how older code chose a class's Gaussian
            + (" · x̂0 unclipped" if c.get("clip") is False else "")
            + (f" · from {c['init']} at SNR {c['init_snr']:g}" if c.get("init") else "")
