@@ -45,23 +45,16 @@ def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     return parse
 
 
-def number_list(item):
-    """An argparse type: comma-separated values of the type `item`, sorted, e.g. '5,10,20'."""
+def number_list(item, ordered=False):
+    """An argparse type: comma-separated values of the type `item`, sorted (ordered: as given), e.g. '5,10,20'."""
     def parse(text):
-        return sorted(item(v) for v in text.split(","))
+        values = [item(v) for v in text.split(",")]
+        return values if ordered else sorted(values)
     parse.__name__ = f"a comma-separated list of {item.__name__}s"
     return parse
 
 
 POSITIVE_INT, NONNEG_INT = number(int, 1), number(int, 0)
-
-
-def int_list(text):
-    """An argparse type: comma-separated positive integers in the order given, e.g. '1,2,4,4'."""
-    return [POSITIVE_INT(v) for v in text.split(",")]
-
-
-int_list.__name__ = "a comma-separated list of positive integers"
 POSITIVE, NONNEG, FRACTION = number(float, 0, lo_open=True), number(float, 0), number(float, 0, 1, hi_open=True)
 FINITE = number(float)
 

@@ -48,10 +48,10 @@ FP32_CPU_DEFAULTS = {
 # level, from SNR 0.05: Inception FID 117.2 against 122.3 with the Gaussian up to 0.1 and 117.5 up to 0.01, colour gap
 # 5.5 %, 5.9 % and 8.4 % (N 476 vs coffee:test, 30 minutes, bf16 CPU; RESULTS.md); with AVX2 kernels in fp32, 139.3
 # against 145.3 with the Gaussian up to 0.1. Coffee's tiles come in colour families (their mean colours cluster from
-# dark red to pale cyan), and one Gaussian fills the hues between them; a mixture of 8, one per k-means cluster of the tiles' mean
-# colours (gauss_mix), closed the colour gap to 4.7 % from 6.8 % at FID 136.2 against 137.4 after 20 minutes, and did
-# the same on every coffee model tried (9.3 % against 11.0 % after 90 minutes; 6.9 % against 8.6 %, FID 137.2 against
-# 139.3 with AVX2 kernels in fp32; N 476 vs coffee:test, RESULTS.md). 4 and 16 scored as 8.
+# dark red to pale cyan), and one Gaussian fills the hues between them. A mixture of 8, one per k-means cluster of the
+# tiles' mean colours (gauss_mix), narrowed the colour gap on every coffee model tried, FID and KID within noise: 4.7 %
+# against 6.8 % after 20 minutes and 6.8 % against 7.9 % after 30 (bf16 CPU), 6.9 % against 8.6 % after 30 with AVX2
+# kernels in fp32, 9.3 % against 11.0 % after 90 (bf16 CPU); N 476 vs coffee:test, RESULTS.md. 4 and 16 scored as 8.
 # clip=False leaves each step's x̂0 unclipped: clipping drops the outward half of the network's error wherever the
 # data sit at the range's edge, and MNIST's black background turned grey (exact-zero pixels 32 % of the image
 # against 51 % unclipped and 82 % in the data; Inception FID 21.4 against 20.1, N 2,000 vs mnist:test, AVX2 CPU).

@@ -19,8 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, int_list,
-                 number_list, resolve_device, run_cli)
+from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, number_list,
+                 resolve_device, run_cli)
 from data import AUGMENTS, add_data_args, augment_batch, data_from_args, to_model
 from machine import autocast, ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
@@ -38,7 +38,7 @@ def base_parser(description):
                    help="override the preset's base width (default: the preset's, or recipes.py's for --data)")
     g.add_argument("--blocks", type=POSITIVE_INT, default=None,
                    help="override the preset's res blocks per level (default: the preset's, or recipes.py's for --data)")
-    g.add_argument("--mults", type=int_list, default=None,
+    g.add_argument("--mults", type=number_list(POSITIVE_INT, ordered=True), default=None,
                    help="override the preset's width multipliers, one per resolution level (e.g. 1,2,2,4)")
     g.add_argument("--patch-from", type=NONNEG_INT, default=None,
                    help="override the preset's patching: images this many px or larger enter as patches (0: never)")
@@ -280,6 +280,10 @@ def _check_flags(args, world, data):
     patch_from = PRESETS[args.preset]["patch_from"] if args.patch_from is None else args.patch_from
     if args.patch is not None and patch_from and data.size >= patch_from and data.size % args.patch:
         raise UserError(f"--patch {args.patch} does not divide the {data.size} px images; pick a divisor of {data.size}")
+    side = data.size // ((args.patch or 2) if patch_from and data.size >= patch_from else 1)  # the first level's maps
+    if args.mults is not None and side >> (len(args.mults) - 1) < 1:
+        raise UserError(f"--mults gives {len(args.mults)} levels, which halve the {side} px feature maps below 1 px; "
+                        f"give at most {side.bit_length()} multipliers")
 
 
 class Run:

@@ -143,6 +143,10 @@ def test_width_depth_and_patching_overrides_build_and_survive_resume(tmp_path):
     code, log = run_here("train_ddpm.py", "--resume", "--out", str(out), "--mults", "1,2", ok=False)
     one_line_error(code, log)
     assert "--mults [1, 2] contradicts" in log
+    code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--mults", "1,1,1,1,1,1",
+                         "--out", str(tmp_path / "deep"), ok=False)
+    one_line_error(code, log)  # 6 levels would halve 16 px maps to nothing: refused before any run folder
+    assert "give at most 5 multipliers" in log and not (tmp_path / "deep").exists(), log
     # --patch sets the patch side; one that does not divide the image is refused before any work
     code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--sample-every", "0",
                          "--patch-from", "16", "--patch", "4", "--out", str(tmp_path / "p4"))
