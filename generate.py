@@ -9,6 +9,7 @@ from tqdm import tqdm
 from checkpoint import model_from_checkpoint
 from cli import UserError
 from data import to_model
+from gaussian import eigenbasis
 from machine import autocast
 from recipes import sampling_defaults
 from samplers import SAMPLERS, SPACINGS, PerImageNoise, make_denoiser, sample_cold, timesteps_for
@@ -129,8 +130,10 @@ def generate_zoom(model, stats, T, mode, n, device, start="bank", sampler="naive
 
 
 def schedule_of(ck):
+    """The noise schedule a DDPM checkpoint trained with; for pred 'gauss' with its data's Gaussian."""
     a = ck["args"]
-    return Schedule.make(a["schedule"], a["T"], a.get("schedule_shift", 1.0))
+    prior = eigenbasis(ck["objective"]["gauss"]) if a.get("pred") == "gauss" else None
+    return Schedule.make(a.get("schedule", "linear"), a.get("T", 1000), a.get("schedule_shift", 1.0), prior)
 
 
 def data_gaussian(ck, mix=0):

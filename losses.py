@@ -1,8 +1,8 @@
 """Training losses, per sample (shape (B,)), as pure functions of tensors.
 
-DDPM: L_simple (Ho et al. 2020, eq. 14) on the ε, x0 or v target; min-SNR-γ weighting (Hang et al.
-2023, eq. 7); the hybrid loss of improved DDPM, L_simple + λ L_vlb with λ = 0.001 and the mean
-stopped in L_vlb (Nichol & Dhariwal 2021, sec. 3.1, eq. 16). Cold Zoom: ‖R(D(x0, s), s) − x0‖
+DDPM: L_simple (Ho et al. 2020, eq. 14) on the ε, x0 or v target (ε for pred 'gauss', the Gaussian skip);
+min-SNR-γ weighting (Hang et al. 2023, eq. 7); the hybrid loss of improved DDPM, L_simple + λ L_vlb with
+λ = 0.001 and the mean stopped in L_vlb (Nichol & Dhariwal 2021, sec. 3.1, eq. 16). Cold Zoom: ‖R(D(x0, s), s) − x0‖
 (Bansal et al. 2022, eq. 1), squared or L1. Consistency: the pseudo-Huber distance between the model's
 x̂0 at a level t and its own (stop-gradient) x̂0 at an earlier level r (Song et al. 2023; Geng et al. 2024).
 """
@@ -63,9 +63,13 @@ def diffusion_loss(sched: Schedule, out, x0, xt, noise, t, pred="eps", min_snr=0
     plus λ T L_t on the variance channels if learn_sigma
     (λ = 0.001; L_vlb = Σ_t L_t ≈ T · L_t for a uniform t)."""
     c = x0.shape[1]
-    loss = mse(out[:, :c], sched.target(pred, x0, noise, t))
+    if pred == "gauss":  # the skip only reparametrises the network: the loss (and its weights) stay ε's
+        loss = mse(sched.x0_eps(pred, out[:, :c], xt, t)[1], noise)
+    else:
+        loss = mse(out[:, :c], sched.target(pred, x0, noise, t))
     if min_snr > 0:
-        loss = loss * min_snr_weight(sched.snr(t).flatten(), min_snr, pred, min_snr_plus_one, min_snr_floor)
+        loss = loss * min_snr_weight(sched.snr(t).flatten(), min_snr, "eps" if pred == "gauss" else pred,
+                                     min_snr_plus_one, min_snr_floor)
     if learn_sigma:
         loss = loss + vlb_term(sched, pred, out[:, :c], out[:, c:], x0, xt, t) * (sched.T / 1000)
     return loss

@@ -8,8 +8,8 @@ import torch
 from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import NONNEG, POSITIVE, POSITIVE_INT, UserError
 from data import to_model
-from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, data_gaussian, generate_ddpm, generate_zoom
-from gaussian import fit_gaussian
+from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, data_gaussian, generate_ddpm, generate_zoom, schedule_of
+from gaussian import eigenbasis, fit_gaussian
 from losses import consistency_level, diffusion_loss, pseudo_huber, restoration_loss
 from machine import fp32_only_cpu
 from recipes import data_defaults, sampling_defaults
@@ -96,7 +96,8 @@ the mean stopped in L_vlb). See losses.py.
         g.add_argument("--pred", default="v", choices=PREDICTIONS,
                        help="what the network predicts (default v: an ε-network's x0 = (x_t − σ ε)/α blows up "
                             "at low SNR, and clipping it makes saturated colour clouds; --data coffee: eps, whose "
-                            "noisiest levels the data's Gaussian samples)")
+                            "noisiest levels the data's Gaussian samples; gauss: x̂0 is the data's Gaussian's denoiser "
+                            "plus the network's correction, with ε's loss, which learns faster in the first ~10 minutes)")
         g.add_argument("--min-snr", type=NONNEG, default=5.0,
                        help="min-SNR-γ loss weighting (0: off; default 5, 0 for --data mnist and coffee)")
         g.add_argument("--min-snr-plus-one", action="store_true",
@@ -126,6 +127,8 @@ the mean stopped in L_vlb). See losses.py.
         # take one), for sampling's --gauss-snr (gaussian.py)
         mix = sampling_defaults(args.data, self.num_classes > 0).get("gauss_mix", 0)
         self.gauss = fit_gaussian(data.images, data.labels, self.num_classes, components=mix)
+        if args.pred == "gauss":  # the network's skip: the pooled Gaussian (schedules.py, gauss_skip)
+            self.sched.prior = eigenbasis(self.gauss)
         return dict(learn_sigma=args.learn_sigma)
 
     def loss(self, model, x0, y, gen, part):
@@ -149,6 +152,8 @@ the mean stopped in L_vlb). See losses.py.
     def load_state(self, state):
         if "gauss" in state:
             self.gauss = state["gauss"]
+            if self.args.pred == "gauss":
+                self.sched.prior = eigenbasis(self.gauss)
         if state.get("method") == "consistency":
             raise UserError("this checkpoint is a few-step student made by distill.py; continue it with "
                             "distill.py --resume")
@@ -287,7 +292,8 @@ levels in one stage; it samples with deterministic DDIM on those levels (spacing
                                 f"teacher's data; drop the flag")
         for k, default in (("schedule", "linear"), ("T", 1000), ("pred", "eps"), ("schedule_shift", 1.0)):
             setattr(args, k, a.get(k, default))  # the student's checkpoint samples with the teacher's schedule
-        self.args, self.sched, self.pred = args, Schedule.make(args.schedule, args.T, args.schedule_shift), args.pred
+        self.args, self.sched, self.pred = args, schedule_of(ck), args.pred
+        self.teacher_gauss = (ck.get("objective") or {}).get("gauss")  # a student samples with its teacher's Gaussian
         self.num_classes = data.num_classes if args.cond else 0
         self.c = args.huber_c or 0.00054 * (data.channels * data.size ** 2) ** 0.5
         self.teacher = model_from_checkpoint(ck, ema=True)
@@ -385,7 +391,9 @@ levels in one stage; it samples with deterministic DDIM on those levels (spacing
         return generate_ddpm(model, self.sched, self.pred, n, device, labels=labels, seed=seed, **self.sampling())
 
     def state(self):
-        return {"method": "consistency", **self.sampling(), "teacher": self.args.teacher, "target": self.args.target}
+        gauss = {} if self.teacher_gauss is None else {"gauss": self.teacher_gauss}
+        return {"method": "consistency", **self.sampling(), "teacher": self.args.teacher, "target": self.args.target,
+                **gauss}
 
     def load_state(self, state):
         if state.get("method") != "consistency":

@@ -12,7 +12,9 @@ import math
 
 import torch
 
-PREDICTIONS = ("eps", "x0", "v")
+from gaussian import gaussian_posterior
+
+PREDICTIONS = ("eps", "x0", "v", "gauss")
 
 
 def make_betas(kind, T, beta_start=1e-4, beta_end=0.02):
@@ -50,7 +52,8 @@ def shift_betas(betas, shift):
 class Schedule:
     """Everything derived from β_1..β_T. Methods take integer timesteps t (B,) on any device."""
 
-    def __init__(self, betas):
+    def __init__(self, betas, prior=None):
+        self.prior = prior  # the data's Gaussian as gaussian.eigenbasis, for pred 'gauss'
         self.betas = betas.double()
         self.T = len(betas)
         self.alphas = 1 - self.betas
@@ -63,8 +66,8 @@ class Schedule:
         self.post_coef_xt = (1 - self.abar_prev) * self.alphas.sqrt() / (1 - self.abar)
 
     @classmethod
-    def make(cls, kind="linear", T=1000, shift=1.0):
-        return cls(shift_betas(make_betas(kind, T), shift))
+    def make(cls, kind="linear", T=1000, shift=1.0, prior=None):
+        return cls(shift_betas(make_betas(kind, T), shift), prior)
 
     @classmethod
     def respaced(cls, base, timesteps):
@@ -120,11 +123,25 @@ class Schedule:
             x0 = out
         elif pred == "v":
             x0 = alpha * xt - sigma * out
+        elif pred == "gauss":
+            x0_gauss, scale = self.gauss_skip(xt, t)
+            x0 = x0_gauss + scale * out
         else:
             raise ValueError(f"unknown prediction '{pred}'; choose one of {', '.join(PREDICTIONS)}")
         if clip:
             x0 = x0.clamp(-1, 1)
         return x0, (xt - alpha * x0) / sigma
+
+    def gauss_skip(self, xt, t):
+        """pred 'gauss': x̂0 = x̂0_G + c_out F, with x̂0_G the data's Gaussian's exact denoiser and c_out its posterior
+        std per pixel: (x̂0_G, c_out). The network F learns only what the data hold beyond their Gaussian, at unit
+        scale at every level, and an untrained one is already that linear denoiser (EDM's skip and output scaling,
+        Karras et al. 2022, with the data's Gaussian for their isotropic one). Its loss is ε's (losses.py)."""
+        if self.prior is None:
+            raise ValueError("pred 'gauss' needs the data's Gaussian (Schedule.make(..., prior=eigenbasis(stats)))")
+        alpha, sigma = self.alpha_sigma(t, t)
+        x0, var = gaussian_posterior(self.prior, xt, alpha, sigma)
+        return x0, var.clamp(min=1e-10).sqrt().view(-1, 1, 1, 1)
 
     def learned_logvar(self, var_out, t, like):
         """Learned variance (Nichol & Dhariwal eq. 15): var_out in [-1, 1] interpolates log β_t and log β̃_t."""

@@ -5,9 +5,10 @@ import torch
 
 from checkpoint import load_checkpoint
 from cli import UserError
-from gaussian import fit_gaussian, gaussian_x0
+from gaussian import eigenbasis, fit_gaussian, gaussian_posterior, gaussian_x0
 from generate import data_gaussian, generate_ddpm, generate_from_checkpoint
 from helpers import one_line_error, run_here
+from losses import diffusion_loss
 from samplers import make_denoiser
 from schedules import Schedule
 from test_samplers import tiny_model
@@ -258,3 +259,69 @@ def test_gauss_mix_fits_a_mixture_where_the_checkpoint_holds_none_and_the_card_s
     obj = DDPM()
     obj.setup(args, make_maps(64, 16, seed=1))
     assert obj.state()["gauss"]["mix_mean"].shape[0] == 8
+
+
+def test_gaussian_posterior_is_the_dense_posterior_per_image_at_its_own_level():
+    """gaussian_posterior, each image at its own (α, σ): the mean is gaussian_x0's, and the variance the trace
+    of the dense Σ − α² Σ (α² Σ + σ² I)⁻¹ Σ over the pixels."""
+    images = _images(300, 2, 4)
+    stats = fit_gaussian(images)
+    s = torch.view_as_complex(stats["spectrum"]).to(torch.complex128)
+    d = 2 * 4 * 4
+    f = torch.fft.fft2(torch.eye(d, dtype=torch.float64).view(d, 2, 4, 4), norm="ortho")
+    cov = torch.fft.ifft2(torch.einsum("hwcd,bdhw->bchw", s, f), norm="ortho").real.reshape(d, d)
+    alpha = torch.tensor([0.99, 0.5, 0.1])
+    sigma = (1 - alpha ** 2).sqrt()
+    xt = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    x0, var = gaussian_posterior(eigenbasis(stats), xt, alpha, sigma)
+    for i, (a, sg) in enumerate(zip(alpha.double(), sigma.double())):
+        assert torch.allclose(x0[i:i + 1], gaussian_x0(stats, xt[i:i + 1], a.item(), sg.item()), atol=1e-5)
+        post = cov - a ** 2 * cov @ torch.linalg.solve(a ** 2 * cov + sg ** 2 * torch.eye(d, dtype=torch.float64), cov)
+        assert abs(var[i].item() - post.trace().item() / d) < 1e-5 * (1 + post.trace().item() / d)
+
+
+def test_pred_gauss_is_the_gaussian_denoiser_plus_a_unit_scale_residual():
+    """pred 'gauss': a zero network output is the data's Gaussian's x̂0; the output that gives x0 back has unit mean
+    square at every level on data close to Gaussian (the network needs no scale of its own); its loss is the ε loss
+    of the x̂0 it makes, min-SNR weights included."""
+    images = _images(2000, 3, 8)
+    stats = fit_gaussian(images)
+    sched = Schedule.make("cosine", 100, prior=eigenbasis(stats))
+    x0 = images.float() / 127.5 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    for level in (0, 30, 60, 99):
+        t = torch.full((len(x0),), level)
+        xt = sched.q_sample(x0, t, noise)
+        x0_gauss, scale = sched.gauss_skip(xt, t)
+        a, s = (v.flatten()[0].item() for v in sched.alpha_sigma(t[:1], x0[:1]))
+        assert torch.allclose(sched.x0_eps("gauss", torch.zeros_like(x0[:4]), xt[:4], t[:4])[0],
+                              gaussian_x0(stats, xt[:4], a, s), atol=1e-4)
+        residual = (x0 - x0_gauss) / scale
+        assert 0.85 < residual.pow(2).mean().item() < 1.15, (level, residual.pow(2).mean())
+        assert torch.allclose(sched.x0_eps("gauss", residual, xt, t)[0], x0, atol=1e-4)
+    t = torch.randint(0, 100, (8,), generator=torch.Generator().manual_seed(4))
+    xt, out = sched.q_sample(x0[:8], t, noise[:8]), torch.randn(8, 3, 8, 8)
+    eps_hat = sched.x0_eps("gauss", out, xt, t)[1]
+    for gamma in (0.0, 5.0):
+        want = diffusion_loss(sched, eps_hat, x0[:8], xt, noise[:8], t, "eps", gamma)
+        assert torch.allclose(diffusion_loss(sched, out, x0[:8], xt, noise[:8], t, "gauss", gamma), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs the data's Gaussian"):
+        Schedule.make("cosine", 100).x0_eps("gauss", out, xt, t)
+
+
+def test_a_gauss_skip_run_trains_samples_resumes_and_distils(tmp_path):
+    """--pred gauss end to end: the checkpoint holds the Gaussian its skip needs, sample.py reads it, the run
+    resumes, and distill.py takes it as a teacher."""
+    out = tmp_path / "g"
+    run_here("train_ddpm.py", "--size", "16", "--steps", "3", "--pred", "gauss", "--sample-every", "0", "--out", str(out))
+    ck = load_checkpoint(str(out / "ckpt.pt"))
+    assert ck["args"]["pred"] == "gauss" and "mean" in ck["objective"]["gauss"]
+    x, _ = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0, progress=False)
+    assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
+    run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--out", str(tmp_path / "s"))
+    run_here("train_ddpm.py", "--resume", "--steps", "5", "--out", str(out))
+    assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 5
+    student = tmp_path / "student"
+    run_here("distill.py", "--teacher", str(out / "ckpt.pt"), "--steps", "2", "--sample-every", "0", "--out", str(student))
+    y, info = generate_from_checkpoint(load_checkpoint(str(student / "ckpt.pt")), 2, "cpu", progress=False)
+    assert torch.isfinite(y).all()
