@@ -149,6 +149,33 @@ def scores_figure(cards, x="nfe", metric="fd", where="the cards"):
     return fig
 
 
+def levels_figure(cards):
+    """From levels.py's cards: x̂0 error against SNR (left; the data's Gaussians dashed, once per distinct curve)
+    and each network's error over its data's single Gaussian's (right; below 1 the network knows more than the
+    data's colours and spectrum)."""
+    fig, (ax, rel) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    drawn = set()
+    for c in cards:
+        label = f"{c['source']} (step {c.get('step')})"
+        ax.plot(c["snr"], c["mse"]["network"], marker="o", label=label)
+        rel.plot(c["snr"], np.array(c["mse"]["network"]) / np.array(c["mse"]["gaussian"]), marker="o", label=label)
+        for name, e in c["mse"].items():
+            if name != "network" and (name, tuple(e)) not in drawn:
+                drawn.add((name, tuple(e)))
+                ax.plot(c["snr"], e, linestyle="--", color="grey" if name == "gaussian" else "black", label=f"data's {name}")
+    rel.axhline(1, color="grey", linestyle="--")
+    for a in (ax, rel):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("SNR α²/σ²")
+    ax.set_ylabel("x̂0 mean squared error per pixel ([-1, 1])")
+    rel.set_ylabel("network's error / the data's Gaussian's")
+    rel.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    rel.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
+    ax.legend(fontsize=7)
+    return fig
+
+
 def plot_pixels(args):
     """The histogram of final-state pixels stored in a zoom checkpoint."""
     from checkpoint import load_checkpoint
@@ -226,7 +253,7 @@ def _speed_cell(c):
 
 def results_page(files):
     """RESULTS.md: every score card as a row, grouped by reference set and image size, with what made it."""
-    groups, speed = {}, []
+    groups, speed, levels = {}, [], []
     for path in files:
         if not os.path.isfile(path):
             raise UserError(f"'{path}' does not exist; fid.py writes scores.jsonl (into the run folder or --out)")
@@ -237,9 +264,11 @@ def results_page(files):
                 raise UserError(f"{path}:{k} is not a score card (one JSON object per line, as fid.py writes)")
             if c.get("type") == "speed":
                 speed.append(c)
+            elif c.get("type") == "levels":
+                levels.append(c)
             else:
                 groups.setdefault((c.get("ref", "?"), c.get("size") or 0), []).append(c)  # a reference is read at the size
-    if not groups and not speed:
+    if not groups and not speed and not levels:
         raise UserError(f"no score cards in {', '.join(files)}")
     head = ["scored", "sampler · steps · NFE", "features", "FD ↓", "KID ×1e3", "precision / recall",
             "entropy / confident", "colour gap", "copies (NN distance / held-out's)", "N", "reference (N)", "machine", "date", "commit", "commands (training; scoring)"]
@@ -273,6 +302,22 @@ def results_page(files):
                 raise UserError(f"a speed card lacks what bench.py --cards writes ({json.dumps(c)[:80]}…); rerun bench.py")
             out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |")
         out.append("")
+    if levels:
+        out += ["## Denoising error per noise level", "", "`levels.py` rows: the mean squared x̂0 error per pixel ([-1, 1] "
+                "units, unclipped) of the network on N held-out images noised to each SNR, then that of the data's "
+                "Gaussian (and of a mixture of Gaussians, where the card holds one): the exact denoisers that know only "
+                "the training data's colours and spectrum.", "",
+                "| checkpoint | SNR: network / Gaussian (/ mixture) | N | reference | machine | date | commit | command |",
+                "|---|---|---|---|---|---|---|---|"]
+        for c in levels:
+            names = list(c["mse"])
+            per = " · ".join(f"{snr:.3g}: " + " / ".join(f"{c['mse'][n][k]:.3f}" for n in names)
+                             for k, snr in enumerate(c["snr"]))
+            what = f"{c.get('source')}, step {c.get('step')}" + ("" if c.get("ema", True) else " (raw)")
+            out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in [
+                what, per, c.get("n"), c.get("ref"), c.get("machine", "?"), c.get("date", "?"), c.get("commit", "?"),
+                f"`{c.get('command', '?')}`"]) + " |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -299,7 +344,7 @@ def main():
         s.add_argument("--out", required=True, help="the figure file (.png, .pdf, .svg)")
         s.add_argument("--seed", type=NONNEG_INT, default=0)
     s = sub.add_parser("results", help="print the results page (markdown) made from score cards")
-    s.add_argument("files", nargs="+", help="scores.jsonl files")
+    s.add_argument("files", nargs="+", help="score cards: fid.py's scores.jsonl, levels.py's levels.jsonl, bench.py --cards")
     args = p.parse_args()
     run_cli(lambda: _main(args))
 
