@@ -311,7 +311,7 @@ def results_page(files):
                 "|---|---|---|---|---|---|---|---|"]
         for c in levels:
             names = list(c["mse"])
-            per = " · ".join(f"{snr:.3g}: " + " / ".join(f"{c['mse'][n][k]:.3f}" for n in names)
+            per = " · ".join(f"{snr:.3g}: " + " / ".join(f"{c['mse'][n][k]:.3g}" for n in names)
                              for k, snr in enumerate(c["snr"]))
             what = f"{c.get('source')}, step {c.get('step')}" + ("" if c.get("ema", True) else " (raw)")
             out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in [
