@@ -4,6 +4,7 @@
     python plots.py forward --data mnist --data-root ../shared/data --out forward.png   # q(x_t|x_0) and zoom D(x, s)
     python plots.py loss runs/a runs/b --out loss.png             # training (and held-out) loss curves
     python plots.py scores runs/a/scores.jsonl --x nfe --out fid_vs_nfe.png   # or --x step: FID vs training
+    python plots.py levels runs/a/levels.jsonl --out levels.png   # x̂0 error per noise level (levels.py)
     python plots.py pixels --ckpt runs/zoom_nearest_mnist28/ckpt.pt --out pixels.png  # final-state pixel histogram
     python plots.py results results/*.jsonl > RESULTS.md          # the results page, from score cards
 
@@ -176,6 +177,17 @@ def levels_figure(cards):
     return fig
 
 
+def plot_levels(args):
+    cards = []
+    for path in args.files:
+        if not os.path.isfile(path):
+            raise UserError(f"'{path}' does not exist; levels.py writes levels.jsonl (into the run folder or --out)")
+        cards += [c for c in map(json.loads, open(path)) if c.get("type") == "levels"]
+    if not cards:
+        raise UserError(f"no levels.py cards in {', '.join(args.files)}")
+    return levels_figure(cards)
+
+
 def plot_pixels(args):
     """The histogram of final-state pixels stored in a zoom checkpoint."""
     from checkpoint import load_checkpoint
@@ -338,6 +350,8 @@ def main():
     s.add_argument("files", nargs="+")
     s.add_argument("--x", default="nfe", help="nfe, step or minutes")
     s.add_argument("--metric", default="fd")
+    s = sub.add_parser("levels")
+    s.add_argument("files", nargs="+", help="levels.py's levels.jsonl files")
     s = sub.add_parser("pixels")
     s.add_argument("--ckpt", required=True)
     for s in sub.choices.values():

@@ -57,6 +57,8 @@ def test_levels_script_writes_cards_a_figure_and_a_results_section(ddpm_run, con
     assert all(len(v) == 2 and all(e > 0 for e in v) for c in cards for v in c["mse"].values())
     assert plain["n"] == 12 and plain["ref"] == "maps:test" and plain["commit"] and "levels.py" in plain["command"]
     assert "network / Gaussian" in log
+    run_here("plots.py", "levels", str(out / "levels.jsonl"), "--out", str(tmp_path / "again.png"))
+    assert (tmp_path / "again.png").stat().st_size > 0
     code, page = run_here("plots.py", "results", str(out / "levels.jsonl"))
     rows = [line for line in page.splitlines() if line.startswith("| " + str(ddpm_run[0] / "ckpt.pt"))]
     assert "## Denoising error per noise level" in page and len(rows) == 1
@@ -73,3 +75,4 @@ def test_levels_bad_input_is_one_line(zoom_run, ddpm_run, tmp_path):
                          "--out", str(tmp_path), ok=False)
     one_line_error(code, out)
     assert not (tmp_path / "levels.jsonl").exists()  # nothing written for a refused run
+    one_line_error(*run_here("plots.py", "levels", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "f.png"), ok=False))
