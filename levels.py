@@ -14,6 +14,7 @@ lists them) and levels.png: error against SNR, every checkpoint beside the Gauss
 import argparse
 import datetime
 import json
+import math
 import os
 
 import torch
@@ -51,9 +52,9 @@ def main():
 
 def level_of(sched, snr):
     """The schedule's timestep whose SNR is nearest (in log) to snr; refused when no level is within 2x."""
-    log_snr = sched.snr().log()
-    t = int((log_snr - torch.tensor(float(snr)).log()).abs().argmin())
-    if abs(float(log_snr[t]) - torch.tensor(float(snr)).log().item()) > 0.7:
+    gap = (sched.snr().log() - math.log(snr)).abs()
+    t = int(gap.argmin())
+    if gap[t] > 0.7:
         lo, hi = sched.snr().min().item(), sched.snr().max().item()
         raise UserError(f"--snrs {snr:g}: this schedule's levels span SNR {lo:.3g} to {hi:.3g}; give SNRs inside it")
     return t
@@ -105,6 +106,8 @@ def _main(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     cks = [load_checkpoint(path, kind="ddpm") for path in args.ckpt]
+    for ck in cks:  # every level checked before any work
+        [level_of(schedule_of(ck), snr) for snr in args.snrs]
     out = ensure_writable(args.out or os.path.dirname(os.path.abspath(args.ckpt[0])), "--out")
     set_threads()
     setup_device(device)
