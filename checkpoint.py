@@ -3,11 +3,13 @@ one is complete) and read with weights_only=True, so a file carrying pickled cod
 without running it."""
 import os
 import pickle
+import sys
 
 import torch
 
 from cli import UserError
 from nn_unet import unet_from_config
+from schedules import Schedule
 
 
 def save_atomic(obj, path):
@@ -51,3 +53,43 @@ def model_from_checkpoint(ck, ema=True, device="cpu"):
         state = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+# Settings of experiments that were not kept, with the value that means "not used". A checkpoint that used one
+# still samples where the setting only shaped training; what it changes at sampling is refused in one line.
+REMOVED = {"schedule_shift": 1.0, "min_snr_plus_one": False, "min_snr_floor": 0.0, "train_snr_min": 0.0, "halvings": 1}
+
+
+def removed_settings(args):
+    """The flags of a checkpoint's args that this version no longer has, as '--flag value' strings."""
+    used = [f"--{k.replace('_', '-')} {args[k]}" for k, off in REMOVED.items() if args.get(k, off) != off]
+    if args.get("pred") == "gauss":
+        used.append("--pred gauss")
+    if args.get("target") in ("data", "teacher"):
+        used.append(f"--target {args['target']}")
+    return used
+
+
+def schedule_of(ck):
+    """The noise schedule a DDPM checkpoint trained with."""
+    a = ck["args"]
+    changed = [f for f in removed_settings(a) if f.startswith(("--schedule-shift", "--pred"))]
+    if changed:
+        raise UserError(f"this checkpoint was trained with {', '.join(changed)}, an option this version no longer "
+                        f"has; sample it with the version that trained it (git log), or train a new model")
+    return Schedule.make(a.get("schedule", "linear"), a.get("T", 1000))
+
+
+def data_gaussian(ck, mix=False):
+    """The checkpoint's training data as the Gaussian that training stored (gaussian.py); with mix, the mixture of
+    Gaussians stored beside it, where training fitted one (the data's sampling defaults ask for it)."""
+    stored = (ck.get("objective") or {}).get("gauss")
+    if stored is None:
+        raise UserError("this checkpoint stores no Gaussian of its data, which --gauss-snr needs; sample it with "
+                        "--gauss-snr 0 (the network at every level)")
+    if mix and "mix_weight" in stored:
+        return stored
+    if mix:
+        print("warning: this checkpoint stores no mixture of Gaussians; sampling with its single Gaussian",
+              file=sys.stderr)
+    return {k: v for k, v in stored.items() if not k.startswith("mix_")}

@@ -1,10 +1,10 @@
-"""Distil a DDPM checkpoint into a few-step consistency model: see objectives.Consistency and
+"""Distil a DDPM checkpoint into a few-step consistency model: see consistency.py and
 `python distill.py -h`.
 
     python distill.py --teacher runs/ddpm_mnist28/ckpt.pt --minutes 20
     python sample.py --ckpt runs/consistency_mnist28/ckpt.pt          # 4 network calls per image
 """
-from objectives import Consistency
+from consistency import Consistency
 from trainer import train
 
 if __name__ == "__main__":

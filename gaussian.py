@@ -101,23 +101,3 @@ def _mixture_x0(stats, xt, alpha, sigma):
     r = logp.softmax(1)  # B×K
     return torch.einsum("bk,kbchw->bchw", r, torch.stack(x0s))
 
-
-def eigenbasis(stats):
-    """The single Gaussian as (mean, Λ, U), Σ = U Λ Uᴴ per frequency, for gaussian_posterior."""
-    lam, u = torch.linalg.eigh(torch.view_as_complex(stats["spectrum"].float()))  # H×W×C, H×W×C×C
-    return stats["mean"].float(), lam.clamp(min=0), u
-
-
-def gaussian_posterior(basis, xt, alpha, sigma):
-    """E[x0 | x_t] under the single Gaussian (its `eigenbasis`) and the posterior variance per pixel (the mean
-    over pixels of Var[x0 | x_t]), for a batch whose images each have their own level: alpha, sigma of shape
-    (B,). In each frequency's eigenbasis the denoiser is a gain α λ / (α² λ + σ²) per component, and the
-    posterior variance is λ σ² / (α² λ + σ²)."""
-    mean, lam, u = (v.to(xt.device) for v in basis)
-    a, s2 = alpha.reshape(-1, 1, 1, 1).float(), sigma.reshape(-1, 1, 1, 1).float() ** 2
-    f = torch.fft.fft2(xt.float() - a * mean, norm="ortho")  # B×C×H×W
-    lam_c = lam.permute(2, 0, 1)  # C×H×W
-    coef = torch.einsum("hwcd,bchw->bdhw", u.conj(), f) * (a * lam_c / (a ** 2 * lam_c + s2))  # gains on Uᴴ f
-    x0 = mean + torch.fft.ifft2(torch.einsum("hwcd,bdhw->bchw", u, coef), norm="ortho").real
-    var = (lam * s2 / (a ** 2 * lam + s2)).sum((1, 2, 3)) / xt[0].numel()  # B×H×W×C, summed
-    return x0, var

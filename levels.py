@@ -20,12 +20,12 @@ import os
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import (NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, number_list,
+from cli import (POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, number_list,
                  resolve_device, run_cli)
 from data import to_model
 from features import load_ref_data, parse_ref
 from gaussian import gaussian_x0
-from generate import data_gaussian, schedule_of
+from checkpoint import data_gaussian, schedule_of
 from machine import autocast, describe, provenance, resolve_precision, set_threads, setup_device
 from samplers import make_denoiser
 
@@ -41,8 +41,8 @@ def main():
     p.add_argument("--n", type=POSITIVE_INT, default=256, help="reference images (a fixed subset when the split is larger)")
     p.add_argument("--snrs", type=number_list(POSITIVE), default=list(SNRS),
                    help="comma-separated SNRs α²/σ², each taken at the schedule's nearest level")
-    p.add_argument("--gauss-mix", type=NONNEG_INT, default=8,
-                   help="also the mixture of this many Gaussians (0 or 1: the single Gaussian only)")
+    p.add_argument("--gauss-mix", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the mixture of Gaussians that training stored, where it stored one (default on)")
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     p.add_argument("--batch", type=POSITIVE_INT, default=64, help="images per network call")
     add_run_args(p, "where levels.jsonl and levels.png go (default: the first checkpoint's folder)")
@@ -145,10 +145,10 @@ def checkpoint_levels(path, ck, data, ref, args, device, precision):
         raise UserError(f"--ref {ref} has labels outside the checkpoint's {len(classes)} classes; give a split of its data")
     ema = not args.raw and bool(ck.get("ema"))
     denoisers = {"network": network_denoiser(ck, device, precision, labels, args.batch, ema=ema),
-                 "gaussian": gaussian_denoiser(data_gaussian(ck, 0), labels)}
-    mixture = data_gaussian(ck, args.gauss_mix) if args.gauss_mix > 1 and not classes else {}
-    if "mix_weight" in mixture:
-        denoisers[f"mixture of {args.gauss_mix}"] = gaussian_denoiser(mixture, None)
+                 "gaussian": gaussian_denoiser(data_gaussian(ck), labels)}
+    stored = (ck.get("objective") or {}).get("gauss") or {}
+    if args.gauss_mix and not classes and "mix_weight" in stored:
+        denoisers[f"mixture of {len(stored['mix_weight'])}"] = gaussian_denoiser(stored, None)
     sched = schedule_of(ck)
     errors = level_errors(denoisers, sched, x0, args.snrs, seed=args.seed)
     return dict(step=ck.get("step"), data=a["data"], size=a["size"], pred=a["pred"], ema=ema, n=len(x0), ref=ref,

@@ -1,10 +1,10 @@
 """Training losses, per sample (shape (B,)), as pure functions of tensors.
 
-DDPM: L_simple (Ho et al. 2020, eq. 14) on the ε, x0 or v target (ε for pred 'gauss', the Gaussian skip);
+DDPM: L_simple (Ho et al. 2020, eq. 14) on the ε, x0 or v target;
 min-SNR-γ weighting (Hang et al. 2023, eq. 7); the hybrid loss of improved DDPM, L_simple + λ L_vlb with
 λ = 0.001 and the mean stopped in L_vlb (Nichol & Dhariwal 2021, sec. 3.1, eq. 16). Cold Zoom: ‖R(D(x0, s), s) − x0‖
-(Bansal et al. 2022, eq. 1), squared or L1. Consistency: the pseudo-Huber distance between the model's
-x̂0 at a level t and its own (stop-gradient) x̂0 at an earlier level r (Song et al. 2023; Geng et al. 2024).
+(Bansal et al. 2022, eq. 1), squared or L1. Consistency distillation: the pseudo-Huber distance between the student's
+x̂0 and its target (Song & Dhariwal 2023).
 """
 import math
 
@@ -17,13 +17,10 @@ def mse(a, b):
     return (a - b).pow(2).mean(dim=(1, 2, 3))
 
 
-def min_snr_weight(snr, gamma, pred, plus_one=False, floor=0.0):
+def min_snr_weight(snr, gamma, pred):
     """The weight that turns the `pred`-target MSE into min(SNR, γ) · ‖x̂0 − x0‖²: an x0 error δ is an
-    ε error √SNR δ and a v error √(1 + SNR) δ, so the weights divide by SNR and SNR + 1. plus_one caps
-    1 + SNR instead, v's own x0 weight: the low-noise levels are capped, the high-noise ones keep weight
-    ~1 where min(SNR, γ) goes to 0 (and with it the training signal for the image's overall colour).
-    floor raises the x0 weight to at least `floor`: only the levels with SNR < floor change."""
-    w = (snr + 1 if plus_one else snr).clamp(min=floor, max=gamma)
+    ε error √SNR δ and a v error √(1 + SNR) δ, so the weights divide by SNR and SNR + 1."""
+    w = snr.clamp(max=gamma)
     return {"eps": w / snr, "x0": w, "v": w / (snr + 1)}[pred]
 
 
@@ -56,20 +53,14 @@ def vlb_term(sched: Schedule, pred, out_mean, var_out, x0, xt, t):
     return torch.where(t == 0, nll, kl)
 
 
-def diffusion_loss(sched: Schedule, out, x0, xt, noise, t, pred="eps", min_snr=0.0, learn_sigma=False,
-                   min_snr_plus_one=False, min_snr_floor=0.0):
+def diffusion_loss(sched: Schedule, out, x0, xt, noise, t, pred="eps", min_snr=0.0, learn_sigma=False):
     """The DDPM loss of the network output `out` at x_t = q_sample(x0, t, noise): L_simple on the first
-    C channels, min-SNR-weighted if min_snr > 0 (on 1 + SNR with min_snr_plus_one, at least min_snr_floor),
-    plus λ T L_t on the variance channels if learn_sigma
+    C channels, min-SNR-weighted if min_snr > 0, plus λ T L_t on the variance channels if learn_sigma
     (λ = 0.001; L_vlb = Σ_t L_t ≈ T · L_t for a uniform t)."""
     c = x0.shape[1]
-    if pred == "gauss":  # the skip only reparametrises the network: the loss (and its weights) stay ε's
-        loss = mse(sched.x0_eps(pred, out[:, :c], xt, t)[1], noise)
-    else:
-        loss = mse(out[:, :c], sched.target(pred, x0, noise, t))
+    loss = mse(out[:, :c], sched.target(pred, x0, noise, t))
     if min_snr > 0:
-        loss = loss * min_snr_weight(sched.snr(t).flatten(), min_snr, "eps" if pred == "gauss" else pred,
-                                     min_snr_plus_one, min_snr_floor)
+        loss = loss * min_snr_weight(sched.snr(t).flatten(), min_snr, pred)
     if learn_sigma:
         loss = loss + vlb_term(sched, pred, out[:, :c], out[:, c:], x0, xt, t) * (sched.T / 1000)
     return loss
@@ -86,10 +77,3 @@ def pseudo_huber(a, b, c):
     models", sec. 3.3): quadratic near 0 like L2, linear for large errors, so a few bad targets do not dominate."""
     return ((a - b).float().pow(2).sum(dim=(1, 2, 3)) + c * c).sqrt() - c
 
-
-def consistency_level(t, halvings):
-    """The level r < t whose output the consistency model at t is pulled toward: r = t − max(1, ⌊t / 2^halvings⌋).
-    halvings = 0 is r = 0 (plain denoising); each halving moves r halfway closer to t, so the chain of targets
-    from any level down to the data grows longer and the model must be consistent along it (ECT, Geng et
-    al. 2024, anneal this gap to 0 over training)."""
-    return t - torch.div(t, 2 ** halvings, rounding_mode="floor").clamp(min=1)

@@ -14,14 +14,14 @@ import torch
 import torch.distributed as dist
 from torchvision.utils import make_grid, save_image
 
-from checkpoint import load_checkpoint, save_atomic
+from checkpoint import load_checkpoint, removed_settings, save_atomic
 from cli import UserError
 from data import DataError, data_from_args, to_model
 from machine import autocast
 
 # Flags that define the model and the data: on --resume they come from the checkpoint.
 # The data's path is not among them: a moved dataset resumes, checked by its content (data_fingerprint).
-FROZEN_ON_RESUME = ("data", "size", "folds", "preset", "ch", "blocks", "mults", "patch_from", "patch", "cond", "batch", "lr", "optimizer",
+FROZEN_ON_RESUME = ("data", "size", "folds", "preset", "ch", "blocks", "mults", "patch", "cond", "batch", "lr", "optimizer",
                     "weight_decay", "warmup", "cooldown", "grad_clip", "ema_halflife_kimg", "ema_rampup", "seed",
                     "label_drop", "n_maps", "augment")
 
@@ -53,6 +53,10 @@ def checkpoint_to_resume(objective, args, typed):
         raise UserError("--resume needs --out RUN_DIR (or --ckpt RUN_DIR/ckpt.pt) of the run to continue")
     path = args.ckpt or os.path.join(args.out, "ckpt.pt")
     ck = load_checkpoint(path, kind=objective.kind)
+    removed = removed_settings(ck["args"])
+    if removed:
+        raise UserError(f"{path} was trained with {', '.join(removed)}, an option this version no longer has: it "
+                        f"cannot be resumed (it still samples unless the option changed its schedule); start a new run")
     for k in FROZEN_ON_RESUME + tuple(objective.frozen_args):
         given, saved = getattr(args, k), ck["args"].get(k, getattr(args, k))
         if k in typed and given != saved:

@@ -24,12 +24,12 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from checkpoint import load_checkpoint
-from cli import (FINITE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable,
+from cli import (FINITE, NONNEG, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable,
                  resolve_device, run_cli)
 from data import to_uint8
 from features import load_ref_data, parse_ref
-from generate import (DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_BATCH, SAMPLE_BATCH_CUDA, checkpoint_sampling,
-                      generate_from_checkpoint, parse_labels)
+from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_BATCH, SAMPLE_BATCH_CUDA
+from sample_spec import generate_from_checkpoint, parse_labels, resolve_spec
 from machine import describe, resolve_precision, set_threads, setup_device
 from samplers import SAMPLERS, SPACINGS
 from zoom import STARTS
@@ -67,10 +67,10 @@ def main():
                    help="levels with SNR below this take the closed-form x̂0 of the training data as one Gaussian instead of the network "
                         "(no network call; gaussian.py; default: the data's, recipes.py: 0.05 for coffee, 0.1 for cifar10, maps "
                         "and class-conditional mnist, else 0 = off)")
-    p.add_argument("--gauss-mix", type=NONNEG_INT, default=None,
-                   help="with --gauss-snr, an unconditional model's closed-form levels take a mixture of this many Gaussians, "
-                        "one per k-means cluster of the training images' mean colours (0 or 1: one Gaussian; default: the "
-                        "data's, recipes.py)")
+    p.add_argument("--gauss-mix", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --gauss-snr, an unconditional model's closed-form levels take the mixture of Gaussians that "
+                        "training stored, one per k-means cluster of the images' mean colours (default: the data's, "
+                        "recipes.py: on for coffee)")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip each step's x̂0 to [-1, 1]; the images are clamped at the end either way. Clipping biases x̂0 "
                         "inward wherever the data sit at the range's edge, MNIST's black background: a grey haze (default: "
@@ -86,7 +86,8 @@ def main():
                         "noised to --init-snr")
     p.add_argument("--init-snr", type=POSITIVE, default=None, help="with --init: the start's SNR (the sampler's levels "
                    "below it run)")
-    p.add_argument("--data-root", default="data", help="with --init: where the datasets live")
+    p.add_argument("--data-root", default=None, help="with --init: where the datasets live (default: where the "
+                   "checkpoint's data was)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--progression", action="store_true", help="also write progression.png (x_t and predicted x0 over time)")
     add_run_args(p, "output folder (default <run>/samples_<sampler><steps>)")
@@ -106,17 +107,16 @@ def _main(args):
     zoom = ck["kind"] == "zoom"
     labels = parse_labels(args.labels, args.n, ck)
     snaps = [] if args.progression else None
-    own_sampler, own_steps = checkpoint_sampling(ck)
-    name = (f"{args.sampler or 'naive'}_{args.start or 'bank'}" if zoom else
-            f"{args.sampler or own_sampler}{args.steps or own_steps}" + (f"_init{args.init_snr:g}" if args.init else ""))
-    init = load_ref_data(*parse_ref(args.init), args.data_root, ck["args"]["size"]).images if args.init else None
+    spec = resolve_spec(ck, args.sampler, args.steps, args.spacing, args.eta, args.cfg, args.gauss_snr, args.gauss_mix,
+                        args.clip, args.init_snr, args.start, args.noise, ema=not args.raw)
+    name = (f"{spec.sampler}_{spec.start}" if zoom else f"{spec.sampler}{spec.steps}" +
+            (f"_init{args.init_snr:g}" if args.init else ""))
+    root = args.data_root or ck["args"].get("data_root", "data")
+    init = load_ref_data(*parse_ref(args.init), root, ck["args"]["size"]).images if args.init else None
     out = ensure_writable(args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{name}"), "--out")
     t0 = time.time()
-    x, info = generate_from_checkpoint(ck, args.n, device, args.sampler, args.steps, args.eta, args.start, args.noise, labels,
-                                       args.cfg, args.seed, args.batch, precision, ema=not args.raw, snapshots=snaps,
-                                       spacing=args.spacing, gauss_snr=args.gauss_snr, gauss_mix=args.gauss_mix,
-                                       clip=args.clip, init=init,
-                                       init_snr=args.init_snr)
+    x, info = generate_from_checkpoint(ck, spec, args.n, device, labels, args.seed, args.batch, precision,
+                                       snapshots=snaps, init=init)
     dt = time.time() - t0
     written = save_outputs(x, out, snaps)
     what = f"start {info['start']}" if zoom else f"{info['steps']} steps"

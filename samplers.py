@@ -41,8 +41,8 @@ def timesteps_for(sched, steps, spacing="uniform"):
     T = sched.T
     if steps >= T:
         return torch.arange(T)
-    if spacing == "uniform":
-        return torch.linspace(0, T - 1, steps).round().long().unique()
+    if spacing == "uniform":  # one step starts, like every other, from pure noise at T−1
+        return torch.linspace(0, T - 1, steps).round().long().unique() if steps > 1 else torch.tensor([T - 1])
     if spacing == "trailing":
         return timesteps_for(sched, steps + 1, "uniform")[1:]
     if spacing != "karras":

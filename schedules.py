@@ -12,9 +12,7 @@ import math
 
 import torch
 
-from gaussian import gaussian_posterior
-
-PREDICTIONS = ("eps", "x0", "v", "gauss")
+PREDICTIONS = ("eps", "x0", "v")
 
 
 def make_betas(kind, T, beta_start=1e-4, beta_end=0.02):
@@ -35,25 +33,10 @@ def make_betas(kind, T, beta_start=1e-4, beta_end=0.02):
     return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)  # β_t = 1 − ᾱ_t / ᾱ_{t−1}
 
 
-def shift_betas(betas, shift):
-    """The schedule with every SNR divided by shift² (Hoogeboom et al. 2023, "simple diffusion", sec. 3.1:
-    logSNR + 2 log(1/shift)). A schedule tuned at 32 px keeps the same noise per 32 px worth of image at
-    32·shift px: larger images average more pixels per structure, so the same SNR leaves their coarse
-    layout and colours visible to far higher noise levels, and the model never learns to make them."""
-    if shift == 1:
-        return betas
-    abar = torch.cumprod(1 - betas, 0)
-    snr = abar / (1 - abar) / shift ** 2
-    abar = snr / (1 + snr)
-    prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    return (1 - abar / prev).clamp(max=0.999)
-
-
 class Schedule:
     """Everything derived from β_1..β_T. Methods take integer timesteps t (B,) on any device."""
 
-    def __init__(self, betas, prior=None):
-        self.prior = prior  # the data's Gaussian as gaussian.eigenbasis, for pred 'gauss'
+    def __init__(self, betas):
         self.betas = betas.double()
         self.T = len(betas)
         self.alphas = 1 - self.betas
@@ -66,8 +49,8 @@ class Schedule:
         self.post_coef_xt = (1 - self.abar_prev) * self.alphas.sqrt() / (1 - self.abar)
 
     @classmethod
-    def make(cls, kind="linear", T=1000, shift=1.0, prior=None):
-        return cls(shift_betas(make_betas(kind, T), shift), prior)
+    def make(cls, kind="linear", T=1000):
+        return cls(make_betas(kind, T))
 
     @classmethod
     def respaced(cls, base, timesteps):
@@ -123,25 +106,11 @@ class Schedule:
             x0 = out
         elif pred == "v":
             x0 = alpha * xt - sigma * out
-        elif pred == "gauss":
-            x0_gauss, scale = self.gauss_skip(xt, t)
-            x0 = x0_gauss + scale * out
         else:
             raise ValueError(f"unknown prediction '{pred}'; choose one of {', '.join(PREDICTIONS)}")
         if clip:
             x0 = x0.clamp(-1, 1)
         return x0, (xt - alpha * x0) / sigma
-
-    def gauss_skip(self, xt, t):
-        """pred 'gauss': x̂0 = x̂0_G + c_out F, with x̂0_G the data's Gaussian's exact denoiser and c_out its posterior
-        std per pixel: (x̂0_G, c_out). The network F learns only what the data hold beyond their Gaussian, at unit
-        scale at every level, and an untrained one is already that linear denoiser (EDM's skip and output scaling,
-        Karras et al. 2022, with the data's Gaussian for their isotropic one). Its loss is ε's (losses.py)."""
-        if self.prior is None:
-            raise ValueError("pred 'gauss' needs the data's Gaussian (Schedule.make(..., prior=eigenbasis(stats)))")
-        alpha, sigma = self.alpha_sigma(t, t)
-        x0, var = gaussian_posterior(self.prior, xt, alpha, sigma)
-        return x0, var.clamp(min=1e-10).sqrt().view(-1, 1, 1, 1)
 
     def learned_logvar(self, var_out, t, like):
         """Learned variance (Nichol & Dhariwal eq. 15): var_out in [-1, 1] interpolates log β_t and log β̃_t."""

@@ -8,7 +8,6 @@ draw (augmentation, t, noise, label drop) comes from one generator whose state i
 so a resumed run continues bit for bit. Under DDP each rank draws the randoms of the whole global
 batch and keeps its own slice, so K ranks compute what one process with the same global batch would.
 """
-import argparse
 import os
 import sys
 import time
@@ -16,175 +15,16 @@ import time
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from cli import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, number_list,
-                 resolve_device, run_cli)
-from data import AUGMENTS, add_data_args, augment_batch, data_from_args, to_model
-from machine import autocast, ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
+from cli import UserError, resolve_device, run_cli
+from data import augment_batch, data_from_args, to_model
+from machine import ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
 from runs import (LossMeter, Interrupt, RunFolder, Stopper, checkpoint_to_resume, claim_run_dir, data_fingerprint,
-                  run_under_torchrun, typed_flags)
-
-
-def base_parser(description):
-    p = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(p)
-    add_run_args(p, "run folder (default runs/<kind>_<data><size>, a new one if it exists; with --resume the one to continue)")
-    g = p.add_argument_group("model and optimisation")
-    g.add_argument("--preset", default="small", choices=list(PRESETS), help="UNet size (default small)")
-    g.add_argument("--ch", type=POSITIVE_INT, default=None,
-                   help="override the preset's base width (default: the preset's, or recipes.py's for --data)")
-    g.add_argument("--blocks", type=POSITIVE_INT, default=None,
-                   help="override the preset's res blocks per level (default: the preset's, or recipes.py's for --data)")
-    g.add_argument("--mults", type=number_list(POSITIVE_INT, ordered=True), default=None,
-                   help="override the preset's width multipliers, one per resolution level (e.g. 1,2,2,4)")
-    g.add_argument("--patch-from", type=NONNEG_INT, default=None,
-                   help="override the preset's patching: images this many px or larger enter as patches (0: never)")
-    g.add_argument("--patch", type=POSITIVE_INT, default=None,
-                   help="patch side for those images (default 2: a 64 px image costs what a 32 px one does; "
-                        "4 costs what a 16 px one does)")
-    g.add_argument("--cond", action=argparse.BooleanOptionalAction, default=False,
-                   help="class-conditional (labelled data), label drop for CFG (default: off; on for mnist, see recipes.py)")
-    g.add_argument("--label-drop", type=FRACTION, default=0.1, help="with --cond: share of labels replaced by null")
-    g.add_argument("--augment", default="auto", choices=("auto", *AUGMENTS),
-                   help="random augmentation of each training image (auto: the dataset's own: flips, 90° turns for "
-                        "overhead tiles, none for digits; crop_flip: random resized crops of 50-100 %% of the area, "
-                        "then flips, for a few hundred photos)")
-    g.add_argument("--batch", type=POSITIVE_INT, default=32, help="global batch size (default 32)")
-    g.add_argument("--lr", type=POSITIVE, default=None, help="learning rate (default: the preset's, 1e-3 for small)")
-    g.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "nadam", "sgd"])
-    g.add_argument("--weight-decay", type=NONNEG, default=0.0)
-    g.add_argument("--warmup", type=NONNEG_INT, default=100, help="linear lr warm-up steps (default %(default)s)")
-    g.add_argument("--cooldown", type=FRACTION, default=0.0,
-                   help="decay the lr linearly to 0 over this last share of the budget (of --steps/--epochs, or of "
-                        "this session's --minutes): warm-up, stable, decay (0: constant lr; default 0, 0.3 for mnist "
-                        "and coffee: recipes.py)")
-    g.add_argument("--grad-clip", type=NONNEG, default=1.0, help="max grad norm (0: off; default 1)")
-    g.add_argument("--ema-halflife-kimg", type=POSITIVE, default=50.0,
-                   help="EMA half-life in thousands of training images (default 50)")
-    g.add_argument("--ema-rampup", type=FRACTION, default=0.1,
-                   help="the EMA half-life is at most this share of the images seen so far, so a short run averages "
-                        "its last tenth rather than its start (0: off; default 0.1, 0.03 for mnist and coffee: "
-                        "recipes.py)")
-    g = p.add_argument_group("budget and outputs")
-    g.add_argument("--epochs", type=POSITIVE_INT, default=None)
-    g.add_argument("--steps", type=POSITIVE_INT, default=None, help="total optimiser steps")
-    g.add_argument("--minutes", type=POSITIVE, default=None, help="wall-clock budget (default 15 when no budget given)")
-    g.add_argument("--sample-every", type=NONNEG_INT, default=5, help="a sample grid every N epochs (0: only at the end)")
-    g.add_argument("--ckpt-every", type=NONNEG, default=5.0, help="a checkpoint every N minutes (default 5)")
-    g.add_argument("--keep-ckpts", action="store_true",
-                   help="also keep ckpt_epochNNN.pt at each sample grid (for fid.py's FID-vs-epoch table)")
-    g.add_argument("--keep-at-minutes", type=number_list(POSITIVE), default=[],
-                   help="also keep ckpt_<M>min.pt when training time reaches each of these minutes, e.g. 5,10,20 "
-                        "(for quality vs minutes: fid.py --ckpt RUN/ckpt_*min.pt, plots.py scores --x minutes)")
-    g.add_argument("--log-every", type=POSITIVE_INT, default=20, help="log every N steps (default 20)")
-    g.add_argument("--n", "--num-samples", dest="n", type=POSITIVE_INT, default=32,
-                   help="images in each sample grid (under torchrun write --num-samples: torchrun claims --n)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
-    g.add_argument("--ckpt", default=None, help="with --resume: the checkpoint to continue (default <out>/ckpt.pt)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                   help="auto: on for CUDA; off on CPU, where GroupNorm in bf16 channels_last is several times slower")
-    return p
-
-
-def make_optimizer(name, params, lr, weight_decay):
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "nadam": torch.optim.NAdam}[name]
-    return cls(params, lr=lr, weight_decay=weight_decay, foreach=True)  # foreach: one kernel per op, CPU too
-
-
-def ema_decay(images_seen, batch, halflife_kimg, rampup):
-    """The EMA's decay per step of `batch` images, β = 0.5^(batch / half-life), with the half-life in
-    images min(1000 halflife_kimg, rampup · images_seen) (Karras et al. 2022, EDM, training_loop.py):
-    the average always spans the same share of a short run, and a fixed number of images of a long one.
-    images_seen may be a tensor on the device (no host sync) or a number."""
-    halflife = torch.as_tensor(images_seen * rampup if rampup > 0 else float("inf"), dtype=torch.float64)
-    return 0.5 ** (batch / halflife.clamp(min=1e-8, max=1000 * halflife_kimg))
-
-
-def lr_factor(step, warmup, progress, cooldown):
-    """The lr's multiplier: linear warm-up over `warmup` steps, constant, then with cooldown > 0 a linear
-    decay to 0 over the last `cooldown` share of the budget (progress in [0, 1] is the share done)."""
-    f = min(1.0, (step + 1) / max(1, warmup))
-    return f * min(1.0, max(0.0, 1 - progress) / cooldown) if cooldown > 0 else f
-
-
-class TrainState:
-    """Everything training changes, with state_dict()/load_state_dict() for bit-for-bit resume: the
-    model and its EMA, the optimiser, the lr schedule (linear warm-up), the fp16 grad scaler, the random
-    generator, and the position in the data (step, epoch, batch in epoch)."""
-
-    def __init__(self, model, args, device, precision):
-        self.model, self.device, self.precision, self.args = model, device, precision, args
-
-        def ema_update(ema_params, params, n_averaged):  # all parameters in two foreach kernels
-            d = ema_decay((n_averaged + 1) * args.batch, args.batch, args.ema_halflife_kimg, args.ema_rampup)
-            torch._foreach_mul_(ema_params, d.to(ema_params[0].dtype))
-            torch._foreach_add_(ema_params, torch._foreach_mul(params, (1 - d).to(ema_params[0].dtype)))
-        self.ema = AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
-        self.opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-        self.progress = 0.0  # the share of the budget done, set by the loop (a step late) for the lr's cool-down
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, args.warmup, self.progress, args.cooldown))
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.gen = torch.Generator(device=device).manual_seed(args.seed)
-        self.step = self.epoch = self.batch_in_epoch = 0
-        self.seconds = 0.0  # training time so far, over every session of the run
-
-    def train_step(self, net, objective, x0, y, part):
-        """One optimiser step on the global batch x0 (this rank's `part` of it); the per-sample losses."""
-        with autocast(self.device, self.precision):
-            losses, level = objective.loss(net, x0, y, self.gen, part)
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(losses.mean()).backward()
-        if self.args.grad_clip > 0:
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.lr_sched.step()
-        self.ema.update_parameters(self.model)
-        self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
-        return losses.detach(), level.detach()
-
-    def ema_decay_now(self):
-        a = self.args
-        return float(ema_decay(self.step * a.batch, a.batch, a.ema_halflife_kimg, a.ema_rampup))
-
-    def state_dict(self):
-        cuda = self.device.type == "cuda"
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
-                "lr_sched": self.lr_sched.state_dict(), "scaler": self.scaler.state_dict(),
-                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "train_seconds": self.seconds,
-                "rng": {"gen": self.gen.get_state(), "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(self.device) if cuda else None}}
-
-    def load_state_dict(self, sd):
-        self.model.load_state_dict(sd["model"])
-        self.ema.load_state_dict(sd["ema"])
-        self.opt.load_state_dict(sd["optimizer"])
-        self.lr_sched.load_state_dict(sd["lr_sched"])
-        self.scaler.load_state_dict(sd["scaler"])
-        self.gen.set_state(sd["rng"]["gen"])
-        torch.set_rng_state(sd["rng"]["torch"])
-        if self.device.type == "cuda" and sd["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(sd["rng"]["cuda"], self.device)
-        self.step, self.epoch, self.batch_in_epoch = sd["step"], sd["epoch"], sd["batch_in_epoch"]
-        self.seconds = sd.get("train_seconds", 0.0)
-
-
-def parse_args(objective, argv=None):
-    """The objective's command line, with the defaults of --data's entry in recipes.py where a flag is not
-    given; and the set of flags typed."""
-    p = base_parser(objective.description)
-    objective.add_args(p)
-    p.set_defaults(**objective.defaults(p.parse_known_args(argv)[0]))
-    args = p.parse_args(argv)
-    return args, typed_flags(p, argv, args)
+                  run_under_torchrun)
+from train_args import parse_args
+from train_state import TrainState
 
 
 def train(objective, argv=None):
@@ -277,9 +117,9 @@ def _check_flags(args, world, data):
         raise UserError(f"--cond needs labels, and '{args.data}' has none; drop --cond")
     if len(data) < args.batch:
         raise UserError(f"the dataset has {len(data)} images, fewer than --batch {args.batch}; lower --batch")
-    patch_from = PRESETS[args.preset]["patch_from"] if args.patch_from is None else args.patch_from
-    if args.patch is not None and patch_from and data.size >= patch_from and data.size % args.patch:
+    if args.patch is not None and data.size % args.patch:
         raise UserError(f"--patch {args.patch} does not divide the {data.size} px images; pick a divisor of {data.size}")
+    patch_from = PRESETS[args.preset]["patch_from"] if args.patch is None else 1
     side = data.size // ((args.patch or 2) if patch_from and data.size >= patch_from else 1)  # the first level's maps
     if args.mults is not None and side >> (len(args.mults) - 1) < 1:
         raise UserError(f"--mults gives {len(args.mults)} levels, which halve the {side} px feature maps below 1 px; "
@@ -324,7 +164,8 @@ class Run:
         torch.manual_seed(args.seed)  # the initial weights, and dropout's draws
         model = build_unet(args.preset, data.channels, data.size, num_classes=data.num_classes if args.cond else 0,
                            ch=args.ch, blocks=args.blocks, mults=args.mults,
-                           patch_from=args.patch_from, patch=args.patch, **model_kwargs).to(device)
+                           **({} if args.patch is None else dict(patch_from=1, patch=args.patch)),
+                           **model_kwargs).to(device)
         objective.init_model(model)
         log(describe_unet(model, args.preset))
         return cls(objective, args, model, data, device, precision, world, rank, resume_ck, fingerprint, log)

@@ -1,0 +1,93 @@
+"""What training changes, and how: the optimiser, the EMA (EDM's growing half-life), the lr schedule (warm-up,
+stable, linear decay) and TrainState, which owns them with the random generator and the position in the data."""
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from machine import autocast
+
+
+def make_optimizer(name, params, lr, weight_decay):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "nadam": torch.optim.NAdam}[name]
+    return cls(params, lr=lr, weight_decay=weight_decay, foreach=True)  # foreach: one kernel per op, CPU too
+
+
+def ema_decay(images_seen, batch, halflife_kimg, rampup):
+    """The EMA's decay per step of `batch` images, β = 0.5^(batch / half-life), with the half-life in
+    images min(1000 halflife_kimg, rampup · images_seen) (Karras et al. 2022, EDM, training_loop.py):
+    the average always spans the same share of a short run, and a fixed number of images of a long one.
+    images_seen may be a tensor on the device (no host sync) or a number."""
+    halflife = torch.as_tensor(images_seen * rampup if rampup > 0 else float("inf"), dtype=torch.float64)
+    return 0.5 ** (batch / halflife.clamp(min=1e-8, max=1000 * halflife_kimg))
+
+
+def lr_factor(step, warmup, progress, cooldown):
+    """The lr's multiplier: linear warm-up over `warmup` steps, constant, then with cooldown > 0 a linear
+    decay to 0 over the last `cooldown` share of the budget (progress in [0, 1] is the share done)."""
+    f = min(1.0, (step + 1) / max(1, warmup))
+    return f * min(1.0, max(0.0, 1 - progress) / cooldown) if cooldown > 0 else f
+
+
+class TrainState:
+    """Everything training changes, with state_dict()/load_state_dict() for bit-for-bit resume: the
+    model and its EMA, the optimiser, the lr schedule (linear warm-up), the fp16 grad scaler, the random
+    generator, and the position in the data (step, epoch, batch in epoch)."""
+
+    def __init__(self, model, args, device, precision):
+        self.model, self.device, self.precision, self.args = model, device, precision, args
+
+        def ema_update(ema_params, params, n_averaged):  # all parameters in two foreach kernels
+            d = ema_decay((n_averaged + 1) * args.batch, args.batch, args.ema_halflife_kimg, args.ema_rampup)
+            torch._foreach_mul_(ema_params, d.to(ema_params[0].dtype))
+            torch._foreach_add_(ema_params, torch._foreach_mul(params, (1 - d).to(ema_params[0].dtype)))
+        self.ema = AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+        self.opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
+        self.progress = 0.0  # the share of the budget done, set by the loop (a step late) for the lr's cool-down
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, args.warmup, self.progress, args.cooldown))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.gen = torch.Generator(device=device).manual_seed(args.seed)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.seconds = 0.0  # training time so far, over every session of the run
+
+    def train_step(self, net, objective, x0, y, part):
+        """One optimiser step on the global batch x0 (this rank's `part` of it); the per-sample losses."""
+        with autocast(self.device, self.precision):
+            losses, level = objective.loss(net, x0, y, self.gen, part)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.mean()).backward()
+        if self.args.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.lr_sched.step()
+        self.ema.update_parameters(self.model)
+        self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
+        return losses.detach(), level.detach()
+
+    def ema_decay_now(self):
+        a = self.args
+        return float(ema_decay(self.step * a.batch, a.batch, a.ema_halflife_kimg, a.ema_rampup))
+
+    def state_dict(self):
+        cuda = self.device.type == "cuda"
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                "lr_sched": self.lr_sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "train_seconds": self.seconds,
+                "rng": {"gen": self.gen.get_state(), "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(self.device) if cuda else None}}
+
+    def load_state_dict(self, sd):
+        self.model.load_state_dict(sd["model"])
+        self.ema.load_state_dict(sd["ema"])
+        self.opt.load_state_dict(sd["optimizer"])
+        self.lr_sched.load_state_dict(sd["lr_sched"])
+        self.scaler.load_state_dict(sd["scaler"])
+        self.gen.set_state(sd["rng"]["gen"])
+        torch.set_rng_state(sd["rng"]["torch"])
+        if self.device.type == "cuda" and sd["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(sd["rng"]["cuda"], self.device)
+        self.step, self.epoch, self.batch_in_epoch = sd["step"], sd["epoch"], sd["batch_in_epoch"]
+        self.seconds = sd.get("train_seconds", 0.0)
