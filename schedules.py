@@ -44,7 +44,8 @@ class Schedule:
         self.abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.abar[:-1]])
         # Posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, β̃_t), Ho et al. eq. 7.
         self.post_var = self.betas * (1 - self.abar_prev) / (1 - self.abar)
-        self.post_logvar = torch.log(torch.cat([self.post_var[1:2], self.post_var[1:]]))  # β̃_0 = 0: clip the log
+        # β̃_0 = 0: clip the log to β̃_1 (to β_0 for a one-step schedule, whose only step returns the mean)
+        self.post_logvar = torch.log(torch.cat([self.post_var[1:2], self.post_var[1:]]) if self.T > 1 else self.betas)
         self.post_coef_x0 = self.betas * self.abar_prev.sqrt() / (1 - self.abar)
         self.post_coef_xt = (1 - self.abar_prev) * self.alphas.sqrt() / (1 - self.abar)
 

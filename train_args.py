@@ -1,8 +1,9 @@
 """The training scripts' command line: train_ddpm.py, train_zoom_*.py and distill.py share these flags; an
 objective adds its own (objectives.py, consistency.py) and --data's defaults (recipes.py)."""
 import argparse
+import sys
 
-from cli import FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, add_run_args, number_list
+from cli import FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, number_list
 from data import AUGMENTS, add_data_args
 from nn_unet import PRESETS
 from runs import typed_flags
@@ -83,10 +84,24 @@ def base_parser(description, student=False):
     return p
 
 
+def _refuse_teacher_flags(argv):
+    """A student's data and network flags are its teacher's: one typed is refused by name."""
+    fixed = add_data_args(Parser())
+    add_model_args(fixed.add_argument_group())
+    names = {o for a in fixed._actions for o in a.option_strings if o not in ("-h", "--help", "--data-root")}
+    typed = [a.split("=")[0] for a in argv if a.split("=")[0] in names or a.split("=")[0].startswith("--no-")
+             and "--" + a.split("=")[0][5:] in names]
+    if typed:
+        raise UserError(f"{typed[0]} is the teacher's: a student learns its teacher's data with its network; drop it")
+
+
 def parse_args(objective, argv=None):
     """The objective's command line, with the defaults of --data's entry in recipes.py where a flag is not
     given; and the set of flags typed."""
-    p = base_parser(objective.description, student=getattr(objective, 'student', False))
+    student = getattr(objective, "student", False)
+    if student:
+        _refuse_teacher_flags(sys.argv[1:] if argv is None else argv)
+    p = base_parser(objective.description, student=student)
     objective.add_args(p)
     p.set_defaults(**objective.defaults(p.parse_known_args(argv)[0]))
     args = p.parse_args(argv)

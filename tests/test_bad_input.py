@@ -56,7 +56,6 @@ BAD_NUMBERS = [  # (script, flags, what the one line must say)
     ("train_ddpm.py", ["--min-snr", "-5"], "argument --min-snr"),
     ("train_ddpm.py", ["--keep-at-minutes", "5,x"], "argument --keep-at-minutes"),
     ("train_ddpm.py", ["--keep-at-minutes", "0"], "argument --keep-at-minutes"),
-    ("train_ddpm.py", ["--schedule-shift", "0"], "argument --schedule-shift"),
     ("train_zoom_nearest.py", ["--final-size", "0"], "argument --final-size"),
     ("sample.py", ["--ckpt", "x.pt", "--batch", "0"], "argument --batch"),
     ("sample.py", ["--ckpt", "x.pt", "--steps", "0"], "argument --steps"),
@@ -85,7 +84,7 @@ def test_bad_number_is_one_line_exit_2_nothing_written(tmp_path, script, flags, 
 def test_run_folder_is_claimed_atomically(tmp_path):
     """Two runs with the same --out never share a folder, and a folder left by a failed start is not reused."""
     import argparse
-    from trainer import claim_run_dir
+    from runs import claim_run_dir
     args = argparse.Namespace(out=str(tmp_path / "run"), data="maps", size=16)
     first, second = claim_run_dir("ddpm", args), claim_run_dir("ddpm", args)
     assert (first, second) == (str(tmp_path / "run"), str(tmp_path / "run_2"))
@@ -231,10 +230,10 @@ def test_more_bad_input_one_line_exit_2(tmp_path):
     one_line_error(*run_here("sample.py", "--ckpt", str(zoom / "ckpt.pt"), "--spacing", "quadratic", ok=False))
     one_line_error(*run_here("fid.py", "--ckpt", str(zoom / "ckpt.pt"), "--sweep-steps", "10,x", "--ref", "maps:test",
                              ok=False))
-    one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--grid-steps", "0",
-                             "--out", str(tmp_path / "g"), ok=False))
-    one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--grid-sampler", "heun",
-                             "--out", str(tmp_path / "g"), ok=False))
+    for removed in (["--grid-steps", "5"], ["--schedule-shift", "2"], ["--pred", "gauss"], ["--train-snr-min", "0.1"]):
+        one_line_error(*run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", *removed,
+                                 "--out", str(tmp_path / "g"), ok=False))
+    assert not (tmp_path / "g").exists()
 
 
 def test_divergence_never_overwrites_a_good_checkpoint(tmp_path):

@@ -9,18 +9,17 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from data import data_from_args
 from helpers import one_line_error, run_here
 from nn_unet import build_unet
-from objectives import Consistency
-from trainer import parse_args
+from consistency import Consistency
+from train_args import parse_args
 
-DISTILL = ["--n", "4", "--log-every", "1", "--device", "cpu"]
+DISTILL = ["--n", "4", "--log-every", "1", "--device", "cpu", "--ode-steps", "4"]
 
 
 @pytest.fixture(scope="module")
 def student(ddpm_run, tmp_path_factory):
-    """(teacher ckpt, student run folder): 3 consistency-distillation steps (teacher calls) of the session's maps
-    16 px DDPM."""
+    """(teacher ckpt, student run folder): 3 distillation steps of the session's maps 16 px DDPM."""
     teacher, out = ddpm_run[0] / "ckpt.pt", tmp_path_factory.mktemp("student") / "run"
-    run_here("distill.py", "--teacher", str(teacher), "--target", "teacher", "--steps", "3", *DISTILL, "--out", str(out))
+    run_here("distill.py", "--teacher", str(teacher), "--steps", "3", *DISTILL, "--out", str(out))
     return teacher, out
 
 
@@ -46,16 +45,6 @@ def test_a_student_starts_as_its_teacher_with_its_flags(ddpm_run):
     assert loss.shape == (4,) and torch.isfinite(loss).all() and (loss >= 0).all() and ((0 <= level) & (level < 1)).all()
 
 
-def test_the_gap_halves_over_the_budget():
-    obj = Consistency()
-    obj.args = type("A", (), {"halvings": 4})()
-    seen = []
-    for p in (0.0, 0.24, 0.26, 0.5, 0.99, 1.0):
-        obj.progress = p
-        seen.append(obj.halvings_now())
-    assert seen == [1, 1, 2, 3, 4, 4]
-
-
 def test_distill_trains_samples_with_its_own_steps_and_resumes(student, tmp_path):
     teacher, out = student
     ck = load_checkpoint(str(out / "ckpt.pt"), kind="ddpm")
@@ -72,14 +61,14 @@ def test_distill_trains_samples_with_its_own_steps_and_resumes(student, tmp_path
     assert "resumed" in log and "at step 3" in log and load_checkpoint(str(out / "ckpt.pt"))["step"] == 5
 
 
-def test_consistency_training_and_a_conditional_learned_variance_teacher(cond_run, tmp_path):
-    """--target data needs no teacher calls; a class-conditional teacher with learned variance
-    distils, and its student samples every class and takes --cfg."""
+def test_a_conditional_learned_variance_teacher_distils(cond_run, tmp_path):
+    """A class-conditional teacher with learned variance distils, and its student samples every class and takes
+    --cfg."""
     teacher = str(cond_run[0] / "ckpt.pt")
     out = tmp_path / "ct"
-    run_here("distill.py", "--teacher", teacher, "--target", "data", "--steps", "2", *DISTILL, "--out", str(out))
+    run_here("distill.py", "--teacher", teacher, "--steps", "2", *DISTILL, "--out", str(out))
     ck = load_checkpoint(str(out / "ckpt.pt"))
-    assert ck["class_names"] and ck["model_config"]["learn_sigma"] and ck["objective"]["target"] == "data"
+    assert ck["class_names"] and ck["model_config"]["learn_sigma"] and ck["objective"]["target"] == "ode"
     code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "4", "--cfg", "2", "--steps", "2",
                          "--device", "cpu", "--out", str(tmp_path / "s"))
     assert "NFE 4" in log  # 2 steps, x2 for guidance
@@ -117,8 +106,7 @@ def test_ode_target_is_the_teachers_own_trajectory(cond_run, tmp_path):
     assert loss.shape == (8,) and torch.isfinite(loss).all() and sorted(set((level * 1000).round().tolist())) == [
         250, 500, 749, 999]
     out = tmp_path / "ode"
-    run_here("distill.py", "--teacher", teacher, "--target", "ode", "--ode-steps", "4", "--steps", "1", *DISTILL,
-             "--out", str(out))
+    run_here("distill.py", "--teacher", teacher, "--target", "ode", "--steps", "1", *DISTILL, "--out", str(out))
     assert load_checkpoint(str(out / "ckpt.pt"))["objective"]["target"] == "ode"
     for steps, warned in (("2", False), ("3", True)):  # 2 steps share the 4 trained levels; 3 do not
         code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", steps, "--device", "cpu",
@@ -152,8 +140,7 @@ def test_trajectory_target_is_the_ddim_step_onto_the_teachers_trajectory(cond_ru
     for k, x in zip((2, 1, 0), seen):  # each step lands on the trajectory's point at the next level
         assert torch.allclose(x, xs[3 * k:3 * k + 3], atol=1e-4)
     run = tmp_path / "traj"
-    run_here("distill.py", "--teacher", teacher, "--target", "trajectory", "--ode-steps", "4", "--steps", "1",
-             *DISTILL, "--out", str(run))
+    run_here("distill.py", "--teacher", teacher, "--target", "trajectory", "--steps", "1", *DISTILL, "--out", str(run))
     own = load_checkpoint(str(run / "ckpt.pt"))["objective"]
     assert (own["target"], own["sampler"], own["spacing"], own["clip"]) == ("trajectory", "ddim", "trailing", False)
     code, log = run_here("sample.py", "--ckpt", str(run / "ckpt.pt"), "--n", "2", "--device", "cpu",
@@ -183,12 +170,16 @@ def test_distill_bad_input_is_one_line(ddpm_run, zoom_run, student, tmp_path):
     one_line_error(*run_here("distill.py", "--steps", "1", *DISTILL, "--out", str(tmp_path / "a"), ok=False))
     one_line_error(*run_here("distill.py", "--teacher", str(tmp_path / "none.pt"), *DISTILL, ok=False))
     one_line_error(*run_here("distill.py", "--teacher", str(zoom_run[0] / "ckpt.pt"), *DISTILL, ok=False))
-    one_line_error(*run_here("distill.py", "--teacher", teacher, "--data", "cifar10", "--data-root", str(tmp_path),
-                             *DISTILL, ok=False))
-    for flags in (["--size", "32"], ["--preset", "small"], ["--cond"]):
+    for flags in (["--data", "cifar10"], ["--size", "32"], ["--preset=small"], ["--cond"], ["--no-cond"], ["--patch", "2"]):
         code, log = run_here("distill.py", "--teacher", teacher, *flags, "--steps", "1", *DISTILL,
                              "--out", str(tmp_path / "b"), ok=False)
         one_line_error(code, log)
-        assert "teacher" in log
+        assert f"{flags[0].split('=')[0]} is the teacher's" in log and not (tmp_path / "b").exists(), log
+    for target in ("data", "teacher"):  # targets that were not kept
+        one_line_error(*run_here("distill.py", "--teacher", teacher, "--target", target, *DISTILL, ok=False))
+    code, log = run_here("distill.py", "--teacher", str(student[1] / "ckpt.pt"), "--steps", "1", *DISTILL,
+                         "--out", str(tmp_path / "c"), ok=False)
+    one_line_error(code, log)  # a student is no teacher: its ODE runs through levels it never learned
+    assert "distil its teacher" in log
     one_line_error(*run_here("train_ddpm.py", "--resume", "--out", str(out), "--steps", "9", "--device", "cpu", ok=False))
     one_line_error(*run_here("distill.py", "--resume", "--out", str(ddpm_run[0]), "--steps", "9", *DISTILL, ok=False))

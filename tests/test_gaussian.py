@@ -3,12 +3,12 @@ closed-form levels (--gauss-snr) end to end."""
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
+from checkpoint import data_gaussian, load_checkpoint
 from cli import UserError
-from gaussian import eigenbasis, fit_gaussian, gaussian_posterior, gaussian_x0
-from generate import data_gaussian, generate_ddpm, generate_from_checkpoint
+from gaussian import fit_gaussian, gaussian_x0
+from generate import generate_ddpm
 from helpers import one_line_error, run_here
-from losses import diffusion_loss
+from sample_spec import generate_from_checkpoint, resolve_spec
 from samplers import make_denoiser
 from schedules import Schedule
 from test_samplers import tiny_model
@@ -177,6 +177,11 @@ def test_guidance_leaves_the_closed_form_levels_alone():
     assert not torch.allclose(guided(xt, 10)[0], plain(xt, 10)[0])  # where the network runs, w still acts
 
 
+def sample(ck, n, **flags):
+    """(images, card fields) of n images from ck sampled with these flags (sample.py's, None: not given)."""
+    return generate_from_checkpoint(ck, resolve_spec(ck, **flags), n, "cpu", progress=False)
+
+
 def test_sampling_only_with_the_closed_form_draws_each_labels_colours():
     images, labels = _two_colours()
     stats = fit_gaussian(images, labels, 2)
@@ -195,133 +200,72 @@ def test_a_conditional_checkpoint_carries_one_gaussian_per_class(cond_run):
     ck = load_checkpoint(str(cond_run[0] / "ckpt.pt"))
     g = ck["objective"]["gauss"]
     assert g["class_mean"].shape == (2, 3, 16, 16) and g["class_spectrum"].shape == (2, 16, 16, 3, 3, 2)
-    x, info = generate_from_checkpoint(ck, 4, "cpu", gauss_snr=0.1, cfg=2.0, progress=False)
+    x, info = sample(ck, 4, gauss_snr=0.1, cfg=2.0)
     assert torch.isfinite(x).all() and info["gauss_snr"] == 0.1
-    plain = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0, progress=False)[1]["nfe"]
+    plain = sample(ck, 2, gauss_snr=0)[1]["nfe"]
     ck["args"]["data"] = "mnist"  # a conditional MNIST model takes its labels' Gaussians by default (recipes.py)
-    assert generate_from_checkpoint(ck, 2, "cpu", progress=False)[1]["nfe"] < plain
-    ck["args"]["data"] = "maps"
-    for k in ("class_mean", "class_spectrum"):  # from before per-class statistics were stored: fitted again ...
-        del g[k]
-    ck["args"]["n_maps"] = 128
-    assert "class_mean" in data_gaussian(ck)
-    ck["args"].update(data="mnist", data_root=str(cond_run[0] / "nowhere"))  # ... or, its data gone, the pooled one
-    assert data_gaussian(ck) is g
+    assert sample(ck, 2)[1]["nfe"] < plain
+    assert torch.equal(data_gaussian(ck)["class_mean"], g["class_mean"])
 
 
 def test_a_checkpoint_carries_its_data_gaussian_and_the_closed_form_levels_save_network_calls(ddpm_run, zoom_run):
     ck = load_checkpoint(str(ddpm_run[0] / "ckpt.pt"))
     assert ck["objective"]["gauss"]["mean"].shape == (3, 16, 16)
-    _, plain = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0, progress=False)
-    x, info = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)
+    _, plain = sample(ck, 2, gauss_snr=0)
+    x, info = sample(ck, 2, gauss_snr=0.1)
     assert x.shape == (2, 3, 16, 16) and info["gauss_snr"] == 0.1 and 0 < info["nfe"] < plain["nfe"], info
-    assert generate_from_checkpoint(ck, 2, "cpu", progress=False)[1]["nfe"] == info["nfe"]  # maps: on by default
-    assert "gauss_snr" not in generate_from_checkpoint(ck, 2, "cpu", "consistency", 2, progress=False)[1]
-    ck["args"]["data"] = "mnist"  # off by default (recipes.py)
-    assert generate_from_checkpoint(ck, 2, "cpu", progress=False)[1]["nfe"] == plain["nfe"]
-    ck["args"]["data"] = "maps"
-    del ck["objective"]["gauss"]  # a checkpoint from before the statistics were stored: fitted to its data again
-    ck["args"]["n_maps"] = 128
-    assert generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)[1]["nfe"] == info["nfe"]
-    ck["args"].update(data="mnist", data_root=str(ddpm_run[0] / "nowhere"))
-    with pytest.raises(UserError, match="--gauss-snr needs"):
-        generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)
+    assert sample(ck, 2)[1]["nfe"] == info["nfe"]  # maps: on by default
+    assert "gauss_snr" not in sample(ck, 2, sampler="consistency", steps=2)[1]
+    ck["args"]["data"] = "mnist"  # off by default for an unconditional one (recipes.py)
+    assert sample(ck, 2)[1]["nfe"] == plain["nfe"]
+    del ck["objective"]["gauss"]  # sampling needs only the checkpoint: without its Gaussian, one line
+    with pytest.raises(UserError, match="stores no Gaussian"):
+        sample(ck, 2, gauss_snr=0.1)
     with pytest.raises(UserError, match="--gauss-snr"):
-        generate_from_checkpoint(load_checkpoint(str(zoom_run[0] / "ckpt.pt")), 2, "cpu", gauss_snr=0.1)
+        resolve_spec(load_checkpoint(str(zoom_run[0] / "ckpt.pt")), gauss_snr=0.1)
 
 
-def test_gauss_mix_fits_a_mixture_where_the_checkpoint_holds_none_and_the_card_says_so(ddpm_run, tmp_path, capsys):
-    """--gauss-mix K: a checkpoint without that mixture has it fitted to its data, the images change and the card
-    records K; its data gone, the checkpoint's single Gaussian serves with a warning. Training on coffee stores the
-    mixture its sampling takes (recipes.py)."""
-    ck = load_checkpoint(str(ddpm_run[0] / "ckpt.pt"))
-    ck["args"]["n_maps"] = 128
-    assert "mix_mean" not in ck["objective"]["gauss"]
-    mixed = data_gaussian(ck, 3)
-    assert mixed["mix_mean"].shape[0] == 3 and torch.equal(mixed["mean"], ck["objective"]["gauss"]["mean"])
-    assert data_gaussian(ck) is ck["objective"]["gauss"] and "mix_mean" not in data_gaussian(dict(ck, objective={"gauss": mixed}))
-    one, info1 = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, progress=False)
-    mix, info3 = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, gauss_mix=3, progress=False)
-    assert info3["gauss_mix"] == 3 and "gauss_mix" not in info1 and not torch.equal(one, mix)
-    ck["args"]["data_root"] = str(ddpm_run[0] / "nowhere")
-    ck["args"]["data"] = "mnist"
-    x, info = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0.1, gauss_mix=3, progress=False)
-    assert "cannot be read" in capsys.readouterr().err and "gauss_mix" not in info
-    code, log = run_here("sample.py", "--ckpt", str(ddpm_run[0] / "ckpt.pt"), "--n", "2", "--gauss-mix", "-1",
-                         "--out", str(tmp_path / "bad"), ok=False)
-    one_line_error(code, log)
+def test_gauss_mix_takes_the_stored_mixture_and_the_card_says_so(ddpm_run, tmp_path, capsys):
+    """--gauss-mix: the mixture training stored changes the images and the card records its size; a checkpoint
+    without one samples with its single Gaussian and a warning. Training on coffee stores the mixture its sampling
+    takes (recipes.py)."""
     import argparse
-    from data import make_maps
     from objectives import DDPM
-    args = argparse.Namespace(data="coffee", schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0,
-                              min_snr_plus_one=False, min_snr_floor=0.0, learn_sigma=False, label_drop=0.1, cond=False,
-                              train_snr_min=0.0)
+    from data import make_maps
+    ck = load_checkpoint(str(ddpm_run[0] / "ckpt.pt"))
+    assert "mix_mean" not in ck["objective"]["gauss"]
+    one, info1 = sample(ck, 2, gauss_snr=0.1)
+    x, info = sample(ck, 2, gauss_snr=0.1, gauss_mix=True)
+    assert "stores no mixture" in capsys.readouterr().err and "gauss_mix" not in info and torch.equal(x, one)
+    args = argparse.Namespace(data="coffee", schedule="cosine", T=100, pred="eps", min_snr=0.0, learn_sigma=False,
+                              label_drop=0.1, cond=False)
     obj = DDPM()
     obj.setup(args, make_maps(64, 16, seed=1))
     assert obj.state()["gauss"]["mix_mean"].shape[0] == 8
+    ck["objective"]["gauss"] = obj.state()["gauss"]
+    mix, info8 = sample(ck, 2, gauss_snr=0.1, gauss_mix=True)
+    assert info8["gauss_mix"] == 8 and "gauss_mix" not in info1 and not torch.equal(one, mix)
+    assert "mix_mean" not in data_gaussian(ck) and data_gaussian(ck, mix=True)["mix_mean"].shape[0] == 8
+    code, log = run_here("sample.py", "--ckpt", str(ddpm_run[0] / "ckpt.pt"), "--n", "2", "--gauss-mix", "3",
+                         "--out", str(tmp_path / "bad"), ok=False)
+    one_line_error(code, log)
 
 
-def test_gaussian_posterior_is_the_dense_posterior_per_image_at_its_own_level():
-    """gaussian_posterior, each image at its own (α, σ): the mean is gaussian_x0's, and the variance the trace
-    of the dense Σ − α² Σ (α² Σ + σ² I)⁻¹ Σ over the pixels."""
-    images = _images(300, 2, 4)
-    stats = fit_gaussian(images)
-    s = torch.view_as_complex(stats["spectrum"]).to(torch.complex128)
-    d = 2 * 4 * 4
-    f = torch.fft.fft2(torch.eye(d, dtype=torch.float64).view(d, 2, 4, 4), norm="ortho")
-    cov = torch.fft.ifft2(torch.einsum("hwcd,bdhw->bchw", s, f), norm="ortho").real.reshape(d, d)
-    alpha = torch.tensor([0.99, 0.5, 0.1])
-    sigma = (1 - alpha ** 2).sqrt()
-    xt = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(2))
-    x0, var = gaussian_posterior(eigenbasis(stats), xt, alpha, sigma)
-    for i, (a, sg) in enumerate(zip(alpha.double(), sigma.double())):
-        assert torch.allclose(x0[i:i + 1], gaussian_x0(stats, xt[i:i + 1], a.item(), sg.item()), atol=1e-5)
-        post = cov - a ** 2 * cov @ torch.linalg.solve(a ** 2 * cov + sg ** 2 * torch.eye(d, dtype=torch.float64), cov)
-        assert abs(var[i].item() - post.trace().item() / d) < 1e-5 * (1 + post.trace().item() / d)
-
-
-def test_pred_gauss_is_the_gaussian_denoiser_plus_a_unit_scale_residual():
-    """pred 'gauss': a zero network output is the data's Gaussian's x̂0; the output that gives x0 back has unit mean
-    square at every level on data close to Gaussian (the network needs no scale of its own); its loss is the ε loss
-    of the x̂0 it makes, min-SNR weights included."""
-    images = _images(2000, 3, 8)
-    stats = fit_gaussian(images)
-    sched = Schedule.make("cosine", 100, prior=eigenbasis(stats))
-    x0 = images.float() / 127.5 - 1
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
-    for level in (0, 30, 60, 99):
-        t = torch.full((len(x0),), level)
-        xt = sched.q_sample(x0, t, noise)
-        x0_gauss, scale = sched.gauss_skip(xt, t)
-        a, s = (v.flatten()[0].item() for v in sched.alpha_sigma(t[:1], x0[:1]))
-        assert torch.allclose(sched.x0_eps("gauss", torch.zeros_like(x0[:4]), xt[:4], t[:4])[0],
-                              gaussian_x0(stats, xt[:4], a, s), atol=1e-4)
-        residual = (x0 - x0_gauss) / scale
-        assert 0.85 < residual.pow(2).mean().item() < 1.15, (level, residual.pow(2).mean())
-        assert torch.allclose(sched.x0_eps("gauss", residual, xt, t)[0], x0, atol=1e-4)
-    t = torch.randint(0, 100, (8,), generator=torch.Generator().manual_seed(4))
-    xt, out = sched.q_sample(x0[:8], t, noise[:8]), torch.randn(8, 3, 8, 8)
-    eps_hat = sched.x0_eps("gauss", out, xt, t)[1]
-    for gamma in (0.0, 5.0):
-        want = diffusion_loss(sched, eps_hat, x0[:8], xt, noise[:8], t, "eps", gamma)
-        assert torch.allclose(diffusion_loss(sched, out, x0[:8], xt, noise[:8], t, "gauss", gamma), want, rtol=1e-5)
-    with pytest.raises(ValueError, match="needs the data's Gaussian"):
-        Schedule.make("cosine", 100).x0_eps("gauss", out, xt, t)
-
-
-def test_a_gauss_skip_run_trains_samples_resumes_and_distils(tmp_path):
-    """--pred gauss end to end: the checkpoint holds the Gaussian its skip needs, sample.py reads it, the run
-    resumes, and distill.py takes it as a teacher."""
-    out = tmp_path / "g"
-    run_here("train_ddpm.py", "--size", "16", "--steps", "3", "--pred", "gauss", "--sample-every", "0", "--out", str(out))
-    ck = load_checkpoint(str(out / "ckpt.pt"))
-    assert ck["args"]["pred"] == "gauss" and "mean" in ck["objective"]["gauss"]
-    x, _ = generate_from_checkpoint(ck, 2, "cpu", gauss_snr=0, progress=False)
-    assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
-    run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--out", str(tmp_path / "s"))
-    run_here("train_ddpm.py", "--resume", "--steps", "5", "--out", str(out))
-    assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 5
-    student = tmp_path / "student"
-    run_here("distill.py", "--teacher", str(out / "ckpt.pt"), "--steps", "2", "--sample-every", "0", "--out", str(student))
-    y, info = generate_from_checkpoint(load_checkpoint(str(student / "ckpt.pt")), 2, "cpu", progress=False)
-    assert torch.isfinite(y).all()
+@pytest.mark.parametrize("removed", [dict(pred="gauss"), dict(schedule_shift=2.0), dict(min_snr_plus_one=True),
+                                     dict(train_snr_min=0.05)])
+def test_a_checkpoint_made_with_a_removed_option_samples_or_is_refused_in_one_line(ddpm_run, tmp_path, removed):
+    """Options of experiments that were not kept: one that changed the schedule or the prediction is refused when
+    sampled; one that only shaped training samples; none resumes."""
+    ck = torch.load(ddpm_run[0] / "ckpt.pt", weights_only=True)
+    ck["args"].update(removed)
+    path = tmp_path / "old" / "ckpt.pt"
+    path.parent.mkdir()
+    torch.save(ck, path)
+    code, log = run_here("sample.py", "--ckpt", str(path), "--n", "2", "--out", str(tmp_path / "s"),
+                         ok="min_snr_plus_one" in removed or "train_snr_min" in removed)
+    if code:
+        one_line_error(code, log)
+        assert "no longer has" in log
+    code, log = run_here("train_ddpm.py", "--resume", "--out", str(path.parent), "--steps", "9", ok=False)
+    one_line_error(code, log)
+    assert "no longer has" in log

@@ -72,14 +72,6 @@ def test_sigmoid_schedule_closed_form():
         assert math.isclose(s.abar[t].item(), want, rel_tol=1e-9), t
 
 
-@pytest.mark.parametrize("shift", [2.0, 0.5])
-def test_shifted_schedule_divides_every_snr_by_shift_squared(shift):
-    """simple diffusion's shift: SNR'(t) = SNR(t) / shift² wherever β is not clipped; shift 1 is the identity."""
-    base, shifted = Schedule.make("cosine", 1000), Schedule.make("cosine", 1000, shift)
-    assert torch.allclose(shifted.snr()[:990], base.snr()[:990] / shift ** 2, rtol=1e-9)
-    assert torch.equal(Schedule.make("cosine", 1000, 1.0).betas, base.betas)
-
-
 def test_learned_variance_spans_beta_and_posterior_variance():
     """var_out = 1 gives log β_t, −1 gives log β̃_t, 0 their midpoint (Nichol & Dhariwal eq. 15)."""
     s = Schedule.make("linear", 100)

@@ -54,3 +54,31 @@ def test_kernel_and_loop_functions_are_short():
             long += [f"{name}.{n.name}: {n.end_lineno - n.lineno + 1} lines" for n in ast.walk(tree)
                      if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > MAX_LINES]
     assert not long, long
+
+
+MAX_MODULE_LINES = 350
+# The training side and the inference side: training samples its progress grids through generate.py (network ->
+# images) and never through the inference modules, which resolve a checkpoint's sampling and score images.
+TRAINING = {"train_ddpm", "train_zoom_nearest", "train_zoom_bilinear", "distill", "trainer", "train_args",
+            "train_state", "objectives", "consistency", "runs"}
+INFERENCE = {"sample", "sample_spec", "fid", "levels", "plots", "bench"}
+
+
+def test_every_module_of_the_shell_and_the_kernel_is_short():
+    sizes = {os.path.basename(p): sum(1 for _ in open(p)) for p in glob.glob(os.path.join(HERE, "*.py"))}
+    assert len(sizes) > 20
+    long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them along a seam): {long}"
+
+
+def test_training_does_not_import_inference():
+    mods = project_modules()
+    assert TRAINING <= set(mods) and INFERENCE <= set(mods), (TRAINING | INFERENCE) - set(mods)
+    graph = {name: imports(tree, mods) - {name} for name, tree in mods.items()}
+    for start in TRAINING:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        assert not seen & INFERENCE, f"{start} reaches inference modules {sorted(seen & INFERENCE)}"

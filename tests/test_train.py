@@ -18,8 +18,8 @@ def test_loss_falls_on_a_fixed_batch(opts):
     import argparse
     from objectives import DDPM
     from data import make_maps, to_model
-    args = argparse.Namespace(data="maps", schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False, min_snr_floor=0.0, learn_sigma=False, label_drop=0.1,
-                              cond=False, grid_sampler="ddim", grid_steps=5, train_snr_min=0.0)
+    args = argparse.Namespace(data="maps", schedule="cosine", T=100, pred="eps", min_snr=0.0, learn_sigma=False,
+                              label_drop=0.1, cond=False)
     vars(args).update(opts)
     data = make_maps(16, 16, seed=1)
     obj = DDPM()
@@ -41,42 +41,6 @@ def test_loss_falls_on_a_fixed_batch(opts):
     with torch.no_grad():
         after = loss_at(123).item()
     assert after < 0.7 * before, (before, after)
-
-
-def test_train_snr_min_draws_only_the_levels_the_network_samples(tmp_path):
-    """--train-snr-min S: every training level has SNR >= S and all of those are drawn; a run trained so warns when
-    sampling would call it below S; an S above every level is refused."""
-    import argparse
-    from objectives import DDPM
-    from data import make_maps, to_model
-    args = argparse.Namespace(data="maps", schedule="cosine", T=100, schedule_shift=1.0, pred="eps", min_snr=0.0, min_snr_plus_one=False,
-                              min_snr_floor=0.0, learn_sigma=False, label_drop=0.1, cond=False, train_snr_min=0.05)
-    data = make_maps(16, 16, seed=1)
-    obj = DDPM()
-    obj.setup(args, data)
-    m = build_unet("tiny", 3, 16)
-    x0 = to_model(data.images).repeat(16, 1, 1, 1)
-    with torch.no_grad():
-        t = torch.cat([(obj.loss(m, x0, None, torch.Generator().manual_seed(i), slice(None))[1] * 100).round().long()
-                       for i in range(4)])
-    snr = obj.sched.snr()
-    assert snr[t].min() >= 0.05 and t.unique().numel() == int((snr >= 0.05).sum()) < 100  # all of them, none below
-    out = tmp_path / "run"
-    run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--sample-every", "0", "--train-snr-min", "0.05",
-             "--out", str(out))
-    _, said = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", "4", "--gauss-snr", "0",
-                       "--out", str(tmp_path / "s"))
-    assert "trained only where SNR >= 0.05" in said and "--gauss-snr 0.05" in said, said
-    _, said = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", "4", "--gauss-snr", "0.05",
-                       "--out", str(tmp_path / "s2"))
-    assert "warning" not in said, said
-    _, said = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", "4", "--gauss-snr", "0",
-                       "--init", "maps:train", "--init-snr", "1", "--out", str(tmp_path / "s3"))
-    assert "warning" not in said, said  # a start at SNR 1 never asks for the untrained levels
-    code, said = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--train-snr-min", "1e9",
-                          "--out", str(tmp_path / "bad"), ok=False)
-    one_line_error(code, said)
-    assert "--train-snr-min" in said and not (tmp_path / "bad").exists(), said  # refused before any run folder
 
 
 def test_train_then_sample_cli(ddpm_run, tmp_path):
@@ -125,13 +89,13 @@ def test_checkpoints_kept_at_training_minutes_carry_their_time(tmp_path):
 
 
 def test_width_depth_and_patching_overrides_build_and_survive_resume(tmp_path):
-    """--ch, --blocks, --mults, --patch-from and --patch change single fields of the preset; a resumed run keeps them
+    """--ch, --blocks, --mults and --patch change single fields of the preset; a resumed run keeps them
     and refuses a contradicting value in one line."""
     out = tmp_path / "run"
     run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "2", "--sample-every", "0", "--ch", "24",
-             "--blocks", "2", "--mults", "1,2,4", "--patch-from", "16", "--out", str(out))
+             "--blocks", "2", "--mults", "1,2,4", "--patch", "2", "--out", str(out))
     cfg = torch.load(out / "ckpt.pt", weights_only=True)["model_config"]
-    assert (cfg["ch"], cfg["blocks"], cfg["mults"], cfg["patch_from"]) == (24, 2, (1, 2, 4), 16)
+    assert (cfg["ch"], cfg["blocks"], cfg["mults"], cfg["patch"]) == (24, 2, (1, 2, 4), 2)
     code, log = run_here("sample.py", "--ckpt", str(out / "ckpt.pt"), "--n", "2", "--steps", "2",
                          "--out", str(tmp_path / "s"))
     assert code == 0 and "Traceback" not in log, log
@@ -149,11 +113,10 @@ def test_width_depth_and_patching_overrides_build_and_survive_resume(tmp_path):
     assert "give at most 5 multipliers" in log and not (tmp_path / "deep").exists(), log
     # --patch sets the patch side; one that does not divide the image is refused before any work
     code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--sample-every", "0",
-                         "--patch-from", "16", "--patch", "4", "--out", str(tmp_path / "p4"))
+                         "--patch", "4", "--out", str(tmp_path / "p4"))
     assert torch.load(tmp_path / "p4" / "ckpt.pt", weights_only=True)["model_config"]["patch"] == 4
     assert "4x4 patches" in log
-    code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--patch-from", "16",
-                         "--patch", "3", "--out", str(tmp_path / "p3"), ok=False)
+    code, log = run_here("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--patch", "3", "--out", str(tmp_path / "p3"), ok=False)
     one_line_error(code, log)
     assert "--patch 3 does not divide the 16 px images" in log and not (tmp_path / "p3").exists()
 
@@ -280,7 +243,7 @@ def test_training_steps_do_not_read_tensors_back_to_the_host(tmp_path):
 def test_ema_decay_is_edms_half_life_with_ramp_up():
     """β = 0.5^(batch / half-life), half-life = min(1000 · kimg, rampup · images seen) (EDM): a short run
     averages a fixed share of itself, a long one a fixed number of images."""
-    from trainer import ema_decay
+    from train_state import ema_decay
     assert ema_decay(10_000, 32, 50, 0.1).item() == pytest.approx(0.5 ** (32 / 1_000))  # 10 % of 10k images
     assert ema_decay(10_000_000, 32, 50, 0.1).item() == pytest.approx(0.5 ** (32 / 50_000))  # capped at 50 kimg
     assert ema_decay(10_000, 32, 50, 0.0).item() == pytest.approx(0.5 ** (32 / 50_000))  # no ramp-up
@@ -292,7 +255,7 @@ def test_ema_in_the_train_state_follows_its_decay():
     """The EMA weights after k updates are the closed-form average with β_k = ema_decay(k · batch) (the
     first update copies), and the decay logged is the one used."""
     import argparse
-    from trainer import TrainState, ema_decay
+    from train_state import TrainState, ema_decay
     args = argparse.Namespace(batch=4, ema_halflife_kimg=0.01, ema_rampup=0.5, optimizer="sgd", lr=0.1,
                               weight_decay=0.0, warmup=1, cooldown=0.0, seed=0, grad_clip=0.0)
     net = torch.nn.Linear(1, 1, bias=False)
@@ -311,14 +274,18 @@ def test_ema_in_the_train_state_follows_its_decay():
 
 def test_main_job_defaults_are_maps_small_15_minutes():
     import trainer
-    from generate import DEFAULT_SAMPLER, DEFAULT_STEPS
     from objectives import DDPM
+    from train_args import base_parser
     obj = DDPM()
-    p = trainer.base_parser("x")
+    p = base_parser("x")
     obj.add_args(p)
     a = p.parse_args([])
-    assert a.data == "maps" and a.preset == "small" and a.minutes is None  # None -> 15 min in _train
-    assert (a.grid_sampler, a.grid_steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("dpmpp2m_sde", 15)
+    assert a.data == "maps" and a.preset == "small" and a.minutes is None
+    trainer._check_flags(a, 1, None)  # no budget given: 15 minutes
+    assert a.minutes == 15.0 and a.steps is None and a.epochs is None
+    b = p.parse_args(["--steps", "7"])
+    trainer._check_flags(b, 1, None)  # a budget given: no minutes added
+    assert b.minutes is None and b.steps == 7
     assert (a.pred, a.min_snr, a.cond) == ("v", 5.0, False)
 
 
@@ -326,9 +293,11 @@ def test_data_chooses_its_defaults_and_the_command_line_overrides_them(monkeypat
     import machine
     from objectives import DDPM, ColdZoom
     from recipes import DATA_DEFAULTS, FP32_CPU_DEFAULTS
-    from trainer import parse_args
-    assert DATA_DEFAULTS["ddpm"]["mnist"] == {"cond": True, "min_snr": 0.0, "cooldown": 0.3, "ema_rampup": 0.03}
+    from train_args import parse_args
     a, b = parse_args(DDPM(), ["--data", "mnist"])[0], parse_args(DDPM(), ["--data", "maps"])[0]
+    for data in DATA_DEFAULTS["ddpm"]:  # every entry of every data set's recipe reaches its parsed flags
+        parsed = parse_args(DDPM(), ["--data", data])[0]
+        assert {k: getattr(parsed, k) for k in DATA_DEFAULTS["ddpm"][data]} == DATA_DEFAULTS["ddpm"][data], data
     assert (a.cooldown, a.ema_rampup, b.cooldown, b.ema_rampup) == (0.3, 0.03, 0.0, 0.1)
     assert parse_args(DDPM(), ["--data", "mnist", "--cooldown", "0"])[0].cooldown == 0.0
     assert parse_args(DDPM(), ["--data", "mnist"])[0].min_snr == 0.0 and parse_args(DDPM(), ["--data", "cifar10"])[0].min_snr == 5.0
@@ -370,7 +339,7 @@ def test_zoom_bilinear_trains_and_samples(tmp_path):
 
 
 def test_lr_warms_up_holds_then_cools_down_to_zero_at_the_end_of_the_budget(tmp_path):
-    from trainer import lr_factor
+    from train_state import lr_factor
     assert lr_factor(0, 10, 0.0, 0.0) == pytest.approx(0.1) and lr_factor(50, 10, 0.9, 0.0) == 1.0
     assert lr_factor(50, 10, 0.5, 0.2) == 1.0  # before the last 20 %: constant
     assert lr_factor(50, 10, 0.9, 0.2) == pytest.approx(0.5) and lr_factor(50, 10, 1.0, 0.2) == 0.0
