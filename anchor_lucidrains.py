@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from cli import NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, run_cli
 from machine import provenance, set_threads
-from data import add_data_args, augment_batch, data_from_args, to_uint8
+from augment import augment_batch
+from data import add_data_args, data_from_args, to_uint8
 
 
 def main():

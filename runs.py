@@ -57,6 +57,8 @@ def checkpoint_to_resume(objective, args, typed):
     if removed:
         raise UserError(f"{path} was trained with {', '.join(removed)}, an option this version no longer has: it "
                         f"cannot be resumed (it still samples unless the option changed its schedule); start a new run")
+    if ck["args"].get("data") == "coffee" and ck["args"].get("folds") is None:
+        ck["args"]["folds"] = "1,2,3,4,5"  # a run that did not record its folds trained on every fold
     for k in FROZEN_ON_RESUME + tuple(objective.frozen_args):
         given, saved = getattr(args, k), ck["args"].get(k, getattr(args, k))
         if k in typed and given != saved:
@@ -88,8 +90,8 @@ def claim_run_dir(run_name, args):
 
 def heldout_images(args):
     """Up to 512 images of the test split (model scale) when the dataset has one, else None."""
-    if args.data not in ("mnist", "cifar10", "maps", "flowers102"):
-        return None  # coffee and folders have no separate test split here
+    if args.data not in ("mnist", "cifar10", "maps", "flowers102", "coffee") or "5" in str(args.folds or "").split(","):
+        return None  # a folder is one set, and coffee's test fold is held out only when it was not trained on
     try:
         test = data_from_args(args, "test")
     except DataError:

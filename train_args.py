@@ -4,7 +4,8 @@ import argparse
 import sys
 
 from cli import FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, add_run_args, number_list
-from data import AUGMENTS, add_data_args
+from augment import AUGMENTS
+from data import add_data_args
 from nn_unet import PRESETS
 from runs import typed_flags
 

@@ -18,7 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cli import UserError, resolve_device, run_cli
-from data import augment_batch, data_from_args, to_model
+from augment import augment_batch
+from data import data_from_args, to_model
 from machine import ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
 from runs import (LossMeter, Interrupt, RunFolder, Stopper, checkpoint_to_resume, claim_run_dir, data_fingerprint,
@@ -141,6 +142,8 @@ class Run:
         args.lr = PRESETS[args.preset]["lr"] if args.lr is None else args.lr
         data = data_from_args(args)
         args.size = data.size
+        if args.data == "coffee" and args.folds is None:  # recorded, so the checkpoint says what it trained on
+            args.folds = ",".join(str(f) for f in data.folds.unique().tolist())
         if args.augment != "auto":
             data.augment = args.augment
         fingerprint = data_fingerprint(data)

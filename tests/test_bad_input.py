@@ -148,7 +148,12 @@ def test_unknown_split_and_bad_folds_are_one_line(tmp_path):
                          "--out", str(tmp_path / "d"), ok=False)
     one_line_error(code, log)
     assert "split 'validation' of maps: use train or test" in log and not (tmp_path / "d").exists()
-    one_line_error(*run_here("data.py", "--data", "coffee", "--split", "test", ok=False))
+    one_line_error(*run_here("data.py", "--data", "coffee", "--split", "validation", ok=False))
+    for folds in ("abc", "1,1"):
+        code, log = run_here("train_ddpm.py", "--data", "coffee", "--data-root", str(tmp_path), "--folds", folds,
+                             "--steps", "1", ok=False)
+        one_line_error(code, log)
+        assert "--folds" in log, log
     one_line_error(*run_here("train_ddpm.py", "--data", "coffee", "--data-root", str(tmp_path), "--folds", "abc",
                              "--steps", "1", ok=False))
 
@@ -156,7 +161,7 @@ def test_unknown_split_and_bad_folds_are_one_line(tmp_path):
 def test_folder_images_decode_as_a_viewer_shows_them(tmp_path):
     """16-bit greys scale (not clip), transparency lands on white, palette/CMYK/LA decode, EXIF orientation applies."""
     from PIL import Image
-    from data import decode_image
+    from imagefiles import decode_image
     grey16 = np.full((16, 16), 32896, dtype=np.uint16)  # 128 * 257: mid-grey
     Image.fromarray(grey16).save(tmp_path / "g16.png")
     Image.new("RGBA", (16, 16), (255, 0, 0, 0)).save(tmp_path / "clear.png")

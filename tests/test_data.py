@@ -36,7 +36,7 @@ def test_random_resized_crop_is_torchs_crop_then_resize():
     the crop's one-pixel rim, where grid_sample reads the pixels beyond the crop instead of repeating its edge);
     the whole area is the image itself; crop_flip draws from the generator only, so a seed replays it."""
     import torch.nn.functional as F
-    from data import augment_batch, random_resized_crop
+    from augment import augment_batch, random_resized_crop
     x = torch.rand(2, 3, 32, 32)
     u = lambda *v: torch.tensor([list(v)] * 2)  # noqa: E731
     assert torch.allclose(random_resized_crop(x, u(1.0, 0.5, 0.3, 0.9), scale=(1, 1), ratio=(1, 1)), x, atol=1e-6)
@@ -50,12 +50,13 @@ def test_random_resized_crop_is_torchs_crop_then_resize():
     a = augment_batch(x, "crop_flip", torch.Generator().manual_seed(3))
     assert torch.equal(a, augment_batch(x, "crop_flip", torch.Generator().manual_seed(3))) and not torch.equal(a, x)
 
-def write_coffee_fixture(root):
-    """The official layout: foldN.txt (CRLF here) + foldN/ JPEGs, a blank line, a stray Thumbs.db."""
+def write_coffee_fixture(root, folds=((1, 4), (2, 2))):
+    """The official layout: foldN.txt (CRLF here) + foldN/ JPEGs, a blank line, a stray Thumbs.db.
+    folds: (fold, number of tiles) pairs."""
     from PIL import Image
     base = root / "brazilian_coffee_scenes"
     rng = np.random.default_rng(0)
-    for f, n in ((1, 4), (2, 2)):
+    for f, n in folds:
         (base / f"fold{f}").mkdir(parents=True)
         lines = []
         for i in range(n):
@@ -78,6 +79,23 @@ def test_coffee_fixture_folds_labels_shapes(tmp_path):
     assert x.min() >= -1 and x.max() <= 1
     assert len(load_data("coffee", str(tmp_path), folds=[2])) == 2
     assert load_data("coffee", str(tmp_path / "brazilian_coffee_scenes"), size=32).images.shape == (6, 3, 32, 32)
+
+
+def test_coffee_splits_hold_out_fold_5(tmp_path):
+    """train: every fold there but 5 (or --folds); test: fold 5 whatever --folds says; all: every fold there."""
+    from data import DataError, load_data
+    write_coffee_fixture(tmp_path, ((1, 2), (3, 2), (5, 3)))
+    train, test, every = (load_data("coffee", str(tmp_path), split=s) for s in ("train", "test", "all"))
+    assert train.folds.tolist() == [1, 1, 3, 3] and test.folds.tolist() == [5, 5, 5] and len(every) == 7
+    assert load_data("coffee", str(tmp_path), split="test", folds=[1]).folds.tolist() == [5, 5, 5]
+    assert load_data("coffee", str(tmp_path), folds=[3, 5]).folds.tolist() == [3, 3, 5, 5, 5]  # asked for: given
+    code, log = run_here("data.py", "--data", "coffee", "--data-root", str(tmp_path), "--folds", "1", "--split", "test",
+                         "--out", str(tmp_path / "d"), ok=False)
+    one_line_error(code, log)
+    no_test = tmp_path / "no5"
+    write_coffee_fixture(no_test)
+    with pytest.raises(DataError, match="fold5.txt does not exist"):
+        load_data("coffee", str(no_test), split="test")
 
 
 def test_coffee_missing_and_offline_download_errors(tmp_path):
@@ -153,9 +171,11 @@ def test_offline_torchvision_dataset_error_is_one_line(tmp_path):
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data absent")
 def test_real_data_counts():
     from data import load_data
-    coffee = load_data("coffee", SHARED_DATA)
+    coffee = load_data("coffee", SHARED_DATA, split="all")
     assert len(coffee) == 2876 and coffee.labels.bincount().tolist() == [1438, 1438]
     assert [int((coffee.folds == f).sum()) for f in range(1, 6)] == [600, 600, 600, 600, 476]
+    train, test = load_data("coffee", SHARED_DATA), load_data("coffee", SHARED_DATA, split="test")
+    assert set(train.folds.tolist()) == {1, 2, 3, 4} and len(train) == 2400 and set(test.folds.tolist()) == {5}
     assert coffee.images.shape[1:] == (3, 64, 64)
     mnist, mnist_test = load_data("mnist", SHARED_DATA), load_data("mnist", SHARED_DATA, split="test")
     assert mnist.images.shape == (60000, 1, 28, 28) and len(mnist_test) == 10000
@@ -168,5 +188,5 @@ def test_real_data_counts():
 def test_train_starts_on_real_coffee_and_mnist(tmp_path):
     for name, shape in (("coffee", "3x64x64"), ("mnist", "1x28x28")):
         code, log = run("train_ddpm.py", "--data", name, "--data-root", SHARED_DATA, "--preset", "tiny", "--steps", "2",
-                        "--batch", "8", "--n", "2", "--grid-steps", "2", "--out", str(tmp_path / name))
+                        "--batch", "8", "--n", "2", "--out", str(tmp_path / name))
         assert f"images {shape}" in log
