@@ -85,7 +85,9 @@ def test_default_training_and_reference_share_no_image(name, tmp_path, monkeypat
     flags = ["--data", name, "--data-root", str(root)] + (["--size", "16", "--n-maps", "2000"] if name == "maps" else [])
     args = add_data_args(argparse.ArgumentParser()).parse_args(flags)
     train = data_from_args(args)
-    trained_with = vars(args)  # what a checkpoint stores as its args
+    trained_with = vars(args)  # what a checkpoint stores as its args; a coffee run records the folds it read
+    if name == "coffee":
+        trained_with["folds"] = ",".join(str(f) for f in train.folds.unique().tolist())
     ref = default_ref(trained_with)
     ref_images = load_ref_data(*parse_ref(ref), str(root), train.size)
     seen, scored = _hashes(train), _hashes(ref_images)
@@ -99,17 +101,18 @@ def test_default_training_and_reference_share_no_image(name, tmp_path, monkeypat
     if name == "coffee":  # folds 1-4 train, fold 5 is the test split, together every tile
         assert set(train.folds.tolist()) == {1, 2, 3, 4} and len(train) + len(ref_images) == 11
         assert ref_is_training_set("coffee:test", dict(trained_with, folds="1,2,3,4,5"))
+        assert ref_is_training_set("coffee:test", dict(trained_with, folds=None))  # unrecorded: every fold
 
 
 def _coffee_checkpoint(ddpm_run, tmp_path):
-    """The tiny maps DDPM relabelled as a coffee run trained on a coffee fixture under tmp_path/coffee_data."""
+    """A fresh one-step coffee run at the defaults (tiny network) on a coffee fixture under tmp_path/coffee_data."""
     root = tmp_path / "coffee_data"
     write_coffee_fixture(root, ((1, 2), (2, 2), (3, 2), (4, 2), (5, 3)))
-    ck = torch.load(ddpm_run[0] / "ckpt.pt", weights_only=True)
-    ck["args"].update(data="coffee", data_root=str(root), folds=None)
-    (tmp_path / "run").mkdir()
+    run_here("train_ddpm.py", "--data", "coffee", "--data-root", str(root), "--preset", "tiny", "--size", "16",
+             "--batch", "4", "--steps", "1", "--sample-every", "0", "--n", "2", "--device", "cpu",
+             "--out", str(tmp_path / "run"))
     path = tmp_path / "run" / "ckpt.pt"
-    torch.save(ck, path)
+    assert torch.load(path, weights_only=True)["args"]["folds"] == "1,2,3,4"  # recorded: what it trained on
     return str(path), root
 
 

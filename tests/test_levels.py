@@ -45,9 +45,19 @@ def test_level_of_takes_the_nearest_level_and_refuses_snrs_outside_the_schedule(
 
 
 def test_levels_script_writes_cards_a_figure_and_a_results_section(ddpm_run, cond_run, tmp_path):
+    """An unconditional checkpoint is set beside its Gaussian and the mixture training stored (as coffee's runs
+    store one), a conditional one beside its class Gaussians."""
+    import torch
+    from data import make_maps
+    from gaussian import fit_gaussian
+    ck = torch.load(ddpm_run[0] / "ckpt.pt", weights_only=True)
+    ck["objective"]["gauss"] = fit_gaussian(make_maps(64, 16, seed=1).images, components=2)
+    (tmp_path / "mixed").mkdir()
+    mixed = tmp_path / "mixed" / "ckpt.pt"
+    torch.save(ck, mixed)
     out = tmp_path / "lv"
-    code, log = run_here("levels.py", "--ckpt", str(ddpm_run[0] / "ckpt.pt"), str(cond_run[0] / "ckpt.pt"),
-                         "--ref", "maps:test", "--n", "12", "--snrs", "10,0.1", "--gauss-mix", "2", "--out", str(out))
+    code, log = run_here("levels.py", "--ckpt", str(mixed), str(cond_run[0] / "ckpt.pt"),
+                         "--ref", "maps:test", "--n", "12", "--snrs", "10,0.1", "--out", str(out))
     cards = [json.loads(line) for line in open(out / "levels.jsonl")]
     assert len(cards) == 2 and (out / "levels.png").stat().st_size > 0
     plain, cond = cards
@@ -60,7 +70,7 @@ def test_levels_script_writes_cards_a_figure_and_a_results_section(ddpm_run, con
     run_here("plots.py", "levels", str(out / "levels.jsonl"), "--out", str(tmp_path / "again.png"))
     assert (tmp_path / "again.png").stat().st_size > 0
     code, page = run_here("plots.py", "results", str(out / "levels.jsonl"))
-    rows = [line for line in page.splitlines() if line.startswith("| " + str(ddpm_run[0] / "ckpt.pt"))]
+    rows = [line for line in page.splitlines() if line.startswith("| " + str(mixed))]
     assert "## Denoising error per noise level" in page and len(rows) == 1
     assert re.search(r"\| 0\.1\d*: [\d.]+ / [\d.]+ / [\d.]+ · (9\.\d+|10\.?\d*): ", rows[0]), rows[0]  # net / Gaussian / mixture
 
