@@ -4,6 +4,7 @@ import json
 import os
 
 from cli import UserError
+from features import ref_is_training_set
 
 
 def _cell(c, latest=True):
@@ -45,9 +46,24 @@ def _cell(c, latest=True):
     train = c.get("train") or {}
     cmds = f"`{train['command']}` ({train.get('machine', '?')}, {train.get('commit', '?')}); " if train.get("command") else ""
     return [what, how, c.get("extractor", "?"), f"{c['fd']:.2f}" if "fd" in c else "–", kid, pr, cls, colour, copies, f"{c.get('n'):,}",
-            f"{c.get('ref')} ({c.get('n_ref', '?'):,})" + (", the training set" if c.get("ref_is_training_set") else ""),
+            f"{c.get('ref')} ({c.get('n_ref', '?'):,})" + (", the training set" if scored_on_training(c) else ""),
             c.get("machine", "?"), c.get("date", c.get("time", "?")[:10]),
             c.get("commit", "?"), cmds + f"`{c.get('command', '?')}`"]
+
+
+def scored_on_training(c):
+    """Whether a card's reference holds images its model trained on: said by the card, or read from its training
+    args or command (a coffee run that recorded no folds trained on all five, fold 5 included)."""
+    if "ref_is_training_set" in c:
+        return c["ref_is_training_set"]
+    train = c.get("train") or {}
+    if train.get("args") and c.get("ref"):
+        try:
+            return ref_is_training_set(c["ref"], train["args"])
+        except Exception:  # a reference this version no longer parses: not judged
+            return False
+    command = train.get("command", "")
+    return bool(command) and c.get("data") == "coffee" and "--folds" not in command and c.get("ref") == "coffee:test"
 
 
 def _speed_cell(c):
