@@ -114,14 +114,19 @@ def write_idx(path, arr):
         f.write(struct.pack(">I", code) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.astype(np.uint8).tobytes())
 
 
-def test_mnist_idx_fixture(tmp_path):
-    from data import load_data
-    raw = tmp_path / "MNIST" / "raw"
+def write_mnist_fixture(root, seed=0):
+    """MNIST's raw IDX files under root/MNIST/raw: 12 training and 5 test digits of random pixels."""
+    raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for prefix, n in (("train", 12), ("t10k", 5)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+def test_mnist_idx_fixture(tmp_path):
+    from data import load_data
+    write_mnist_fixture(tmp_path)
     d = load_data("mnist", str(tmp_path))
     assert d.images.shape == (12, 1, 28, 28) and d.labels.tolist()[:3] == [0, 1, 2] and d.augment == "none"
     assert len(load_data("mnist", str(tmp_path), split="test")) == 5

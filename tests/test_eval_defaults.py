@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import inception_or_skip, run_here
-from test_data import write_coffee_fixture, write_idx
+from test_data import write_coffee_fixture, write_mnist_fixture
 
 
 def _coffee(root, monkeypatch):
@@ -19,12 +19,7 @@ def _coffee(root, monkeypatch):
 
 
 def _mnist(root, monkeypatch):
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for prefix, n in (("train", 12), ("t10k", 5)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    write_mnist_fixture(root, seed=1)
 
 
 def _cifar10(root, monkeypatch):
