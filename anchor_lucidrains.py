@@ -13,6 +13,7 @@ EMA's to samples.npz and the raw ones to samples_raw.npz (an EMA whose horizon i
 most of a short run). anchor.json says what trained them; fid.py puts it on the samples' score cards. Data come from our loaders
 (decoded once, our per-dataset flips: none for digits), so the comparison is about the model and recipe, not the I/O.
 """
+import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
 import json
 import os

@@ -1,6 +1,7 @@
 """Checkpoints: written atomically (temp file, fsync, rename: the previous one stays until the new
 one is complete) and read with weights_only=True, so a file carrying pickled code is refused
 without running it."""
+import inspect
 import os
 import pickle
 import sys
@@ -8,16 +9,21 @@ import sys
 import torch
 
 from cli import UserError
-from nn_unet import unet_from_config
+from nn_unet import UNet, unet_from_config
 from schedules import Schedule
 
 
 def save_atomic(obj, path):
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, Ctrl-C: the partial file goes, the previous checkpoint stays
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
     dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
@@ -40,18 +46,48 @@ def load_checkpoint(path, kind=None):
                         f"use an intact ckpt.pt")
     if not isinstance(ck, dict) or "model_config" not in ck or "kind" not in ck:
         raise UserError(f"'{path}' is not a checkpoint of this project (no model_config/kind)")
+    missing = [k for k, t in (("model", dict), ("args", dict), ("model_config", dict)) if not isinstance(ck.get(k), t)]
+    unknown = set(ck["model_config"]) - set(inspect.signature(UNet).parameters) if "model_config" not in missing else ()
+    if missing or unknown or ck["kind"] not in ("ddpm", "zoom") or "data" not in ck.get("args", {}):
+        what = (f"no {', '.join(missing)}" if missing else f"unknown network settings {sorted(unknown)}" if unknown
+                else f"unknown kind '{ck['kind']}'" if ck["kind"] not in ("ddpm", "zoom") else "no data in its args")
+        raise UserError(f"'{path}' is a damaged or hand-made checkpoint ({what}); use the ckpt.pt a training run wrote")
+    _check_weights(ck, path)
+    if ck["kind"] == "zoom" and not {"stats", "T", "mode"} <= set(ck.get("objective") or {}):
+        raise UserError(f"'{path}' is a zoom checkpoint without its start states; use the ckpt.pt a training run wrote")
     if kind is not None and ck["kind"] != kind:
         raise UserError(f"'{path}' is a {ck['kind']} checkpoint, not {kind}; use the matching sampler/script")
     return ck
 
 
+def _check_weights(ck, path):
+    """The stored weights (and their EMA) have the names and shapes the network settings build: checked on the meta
+    device, so nothing is allocated."""
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in unet_from_config(ck["model_config"]).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"'{path}': its network settings do not build a network ({str(e).splitlines()[0][:100]})")
+    ema = {k[len("module."):]: v for k, v in (ck.get("ema") or {}).items() if k.startswith("module.")}
+    for what, state in (("weights", ck["model"]), ("EMA weights", ema or None)):
+        if state is not None and {k: tuple(getattr(v, "shape", ())) for k, v in state.items()} != want:
+            raise UserError(f"'{path}': its {what} do not fit its network settings; use the ckpt.pt a training run wrote")
+
+
 def model_from_checkpoint(ck, ema=True, device="cpu"):
     """The network with EMA weights (default) or raw weights, in eval mode."""
-    model = unet_from_config(ck["model_config"])
+    try:
+        model = unet_from_config(ck["model_config"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the checkpoint's network settings do not build a network ({str(e).splitlines()[0][:100]})")
     state = ck["model"]
     if ema and ck.get("ema"):
         state = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint's weights do not fit its network settings ({str(e).splitlines()[0][:100]}); "
+                        f"use the ckpt.pt a training run wrote")
     return model.to(device).eval()
 
 

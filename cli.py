@@ -3,6 +3,7 @@ flags, the device. What the machine runs fast (precision, threads) is machine.py
 import argparse
 import math
 import os
+import signal
 import sys
 import tempfile
 
@@ -61,6 +62,7 @@ FINITE = number(float)
 
 def run_cli(main):
     """Run main(); user errors print one line and exit 2 instead of a traceback."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is KeyboardInterrupt (ctrl_c.py)
     try:
         main()
     except UserError as e:  # data.DataError included

@@ -4,6 +4,7 @@
     python distill.py --teacher runs/ddpm_mnist28/ckpt.pt --minutes 20
     python sample.py --ckpt runs/consistency_mnist28/ckpt.pt          # 4 network calls per image
 """
+import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 from consistency import Consistency
 from trainer import train
 

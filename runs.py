@@ -1,6 +1,8 @@
 """A training run's life outside the math: its folder (config, log, grids, atomic checkpoints), resuming
 with the settings it started with, stopping on a budget or Ctrl-C, and worker failures under torchrun."""
 import csv
+import fcntl
+import io
 import hashlib
 import json
 import math
@@ -53,6 +55,9 @@ def checkpoint_to_resume(objective, args, typed):
         raise UserError("--resume needs --out RUN_DIR (or --ckpt RUN_DIR/ckpt.pt) of the run to continue")
     path = args.ckpt or os.path.join(args.out, "ckpt.pt")
     ck = load_checkpoint(path, kind=objective.kind)
+    mode, saved_mode = getattr(objective, "mode", None), (ck.get("objective") or {}).get("mode")
+    if mode and saved_mode and mode != saved_mode:
+        raise UserError(f"{path} is a {saved_mode} zoom run; continue it with train_zoom_{saved_mode}.py --resume")
     removed = removed_settings(ck["args"])
     if removed:
         raise UserError(f"{path} was trained with {', '.join(removed)}, an option this version no longer has: it "
@@ -69,6 +74,34 @@ def checkpoint_to_resume(objective, args, typed):
         args.data_root = ck["args"]["data_root"]
     args.out = os.path.dirname(os.path.abspath(path))
     return ck
+
+
+def lock_run_dir(out):
+    """An exclusive lock on OUT/.lock, held until release_run_dir (or the process's death: the OS drops it): a run
+    folder has one writer. A second training, resume or distillation into it is refused, naming the holder."""
+    fd = os.open(os.path.join(out, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"{out} is in use by {holder}; wait for it to end, or give another --out")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} ({os.path.basename(sys.argv[0])})".encode())
+    return fd
+
+
+def release_run_dir(fd):
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the lock
+
+
+def disk_note(path):
+    """'N MB free' on the disk that holds path, for messages about failed writes."""
+    try:
+        return f"{shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20:,.0f} MB free there"
+    except OSError:
+        return "its free space unknown"
 
 
 def claim_run_dir(run_name, args):
@@ -113,23 +146,43 @@ class RunFolder:
         self.heldout = heldout_images(args)
         with open(os.path.join(out, "config.json"), "w") as f:
             json.dump(config, f, indent=1)
-        self.log_file = open(os.path.join(out, "log.csv"), "a", newline="")
-        self.log = csv.writer(self.log_file)
-        if self.log_file.tell() == 0:
-            self.log.writerow(self.COLUMNS)
+        self.log_path = os.path.join(out, "log.csv")
+        self.log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if os.fstat(self.log_fd).st_size == 0:
+            self._append(self.COLUMNS)
 
     def last_good(self):
         return f"the last good checkpoint is {self.ckpt}" if os.path.exists(self.ckpt) else "no checkpoint was written yet"
 
     def write_row(self, **values):
-        self.log.writerow([values[c] for c in self.COLUMNS])
-        self.log_file.flush()
+        self._append([values[c] for c in self.COLUMNS])
+
+    def _append(self, row):
+        """One CSV row, written whole or not at all (a failed write is cut back off)."""
+        line = io.StringIO()
+        csv.writer(line).writerow(row)
+        data, end = line.getvalue().encode(), os.lseek(self.log_fd, 0, os.SEEK_END)
+        try:
+            if os.write(self.log_fd, data) != len(data):
+                raise OSError(28, "No space left on device")
+        except OSError as e:
+            os.ftruncate(self.log_fd, end)
+            raise self.write_failed(self.log_path, e)
+
+    def write_failed(self, path, e):
+        """The one-line error for a failed write: the path, the reason, the free space, what is safe, how to go on."""
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:80]
+        return UserError(f"cannot write {path} ({reason}; {disk_note(path)}); {self.last_good()}; free space, then "
+                         f"continue with: --resume --out {self.out}")
 
     def save(self, checkpoint, model):
         if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good one with NaNs
             raise UserError(f"the weights are no longer finite at step {checkpoint['step']}: training diverged "
                             f"(lower --lr, or another --optimizer); {self.last_good()}")
-        save_atomic(checkpoint, self.ckpt)
+        try:
+            save_atomic(checkpoint, self.ckpt)
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+            raise self.write_failed(self.ckpt, e)
 
     def keep_copy(self, name):
         """A second name for the checkpoint just written (a hard link: free, and atomic)."""
@@ -172,7 +225,7 @@ class RunFolder:
             f.write(("step,epoch,heldout_loss\n" if new else "") + f"{step},{epoch},{total / len(self.heldout):.5f}\n")
 
     def close(self):
-        self.log_file.close()
+        os.close(self.log_fd)
 
 
 class LossMeter:

@@ -15,6 +15,7 @@ all but the finest detail. Image i always gets the noise of (seed, i), so an ima
 --batch or --n.
 Writes grid.png, images/NNNNN.png and samples.npz (uint8, N x H x W x C) to --out.
 """
+import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
 import os
 import time
@@ -47,6 +48,19 @@ def save_outputs(x, out, snapshots=None, nrow=None):
     if snapshots:
         write_progression(snapshots, os.path.join(out, "progression.png"))
     return f"{out}/grid.png, {out}/images/, {out}/samples.npz" + (f", {out}/progression.png" if snapshots else "")
+
+
+def fresh_folder(out, default):
+    """An empty folder for one sampling's outputs, so that images/ and samples.npz never mix two runs: --out must be
+    new or empty; the default takes the first free of default, default_2, ..."""
+    if out:
+        if os.path.isdir(out) and os.listdir(out):
+            raise UserError(f"--out {out} already holds files; give a new or empty folder (two samplings must not mix)")
+        return ensure_writable(out, "--out")
+    out, k = default, 2
+    while os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        out, k = f"{default}_{k}", k + 1
+    return ensure_writable(out, "--out")
 
 
 def main():
@@ -90,7 +104,7 @@ def main():
                    "checkpoint's data was)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--progression", action="store_true", help="also write progression.png (x_t and predicted x0 over time)")
-    add_run_args(p, "output folder (default <run>/samples_<sampler><steps>)")
+    add_run_args(p, "output folder, new or empty (default <run>/samples_<sampler><steps>_n<N>_seed<S>, numbered if taken)")
     args = p.parse_args()
     run_cli(lambda: _main(args))
 
@@ -113,7 +127,7 @@ def _main(args):
             (f"_init{args.init_snr:g}" if args.init else ""))
     root = args.data_root or ck["args"].get("data_root", "data")
     init = load_ref_data(*parse_ref(args.init), root, ck["args"]["size"]).images if args.init else None
-    out = ensure_writable(args.out or os.path.join(os.path.dirname(args.ckpt), f"samples_{name}"), "--out")
+    out = fresh_folder(args.out, os.path.join(os.path.dirname(args.ckpt), f"samples_{name}_n{args.n}_seed{args.seed}"))
     t0 = time.time()
     x, info = generate_from_checkpoint(ck, spec, args.n, device, labels, args.seed, args.batch, precision,
                                        snapshots=snaps, init=init)

@@ -23,7 +23,7 @@ from data import data_from_args, to_model
 from machine import ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
 from runs import (LossMeter, Interrupt, RunFolder, Stopper, checkpoint_to_resume, claim_run_dir, data_fingerprint,
-                  run_under_torchrun)
+                  lock_run_dir, release_run_dir, run_under_torchrun)
 from train_args import parse_args
 from train_state import TrainState
 
@@ -37,10 +37,23 @@ def train(objective, argv=None):
 
 
 def _train(objective, args, typed):
+    """Train under the run folder's lock (released however training ends); a failed write is one line."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    run = Run.start(objective, args, typed, world, rank)
-    if run is None:
-        return
+    held, run = [], None
+    try:
+        run = Run.start(objective, args, typed, world, rank, held)
+        if run is not None:
+            _loop(run, objective, args, world, rank)
+    except OSError as e:  # a full disk, a folder gone: what was saved stays, and how to go on is said
+        if run is None or run.folder is None:
+            raise UserError(f"cannot write {e.filename or args.out} ({e.strerror or e})")
+        raise run.folder.write_failed(e.filename or args.out, e)
+    finally:
+        for fd in held:
+            release_run_dir(fd)
+
+
+def _loop(run, objective, args, world, rank):
     state, data, device = run.state, run.data, run.device
     fwd = torch.compile(run.net) if args.compile else run.net
     images, labels = data.images.to(device), data.labels.to(device)
@@ -131,12 +144,14 @@ class Run:
     """One training process's setup and outputs: device, data, model, TrainState, and (rank 0) its RunFolder."""
 
     @classmethod
-    def start(cls, objective, args, typed, world, rank):
-        """Resume or start: check the flags, load the data, build the model, state and run folder. None when a
-        resumed run has already met its budget."""
+    def start(cls, objective, args, typed, world, rank, held):
+        """Resume or start: check the flags, load the data, build the model, state and run folder, whose lock
+        rank 0 takes into `held`. None when a resumed run has already met its budget."""
         device = _setup_process(args, world)
         log = print if rank == 0 else (lambda *a, **k: None)
         resume_ck = checkpoint_to_resume(objective, args, typed) if args.resume else None
+        if resume_ck is not None and rank == 0:
+            held.append(lock_run_dir(args.out))
         _check_flags(args, world, None)
         precision = resolve_precision(args.precision, device)
         args.lr = PRESETS[args.preset]["lr"] if args.lr is None else args.lr
@@ -161,6 +176,8 @@ class Run:
         model_kwargs = objective.setup(args, data)
         if resume_ck is None:  # only rank 0 has a run folder
             args.out = claim_run_dir(objective.run_name, args) if rank == 0 else None
+            if rank == 0:
+                held.append(lock_run_dir(args.out))
         log(describe(device, precision) + f", {world} process(es)")
         log(f"{objective.kind}: {args.data} {len(data)} images {data.channels}x{data.size}x{data.size}, "
             f"{'%d classes' % data.num_classes if args.cond else 'unconditional'}")
@@ -181,7 +198,11 @@ class Run:
         self.model = model.to(memory_format=self.mem)
         self.state = TrainState(self.model, args, device, precision)
         if resume_ck is not None:
-            self.state.load_state_dict(resume_ck)
+            try:
+                self.state.load_state_dict(resume_ck)
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise UserError(f"{args.out}: its checkpoint's training state does not fit this run's network "
+                                f"({str(e).splitlines()[0][:100]}); resume an intact ckpt.pt, or start a new run")
             objective.load_state(resume_ck.get("objective", {}))
             log(f"resumed {args.out} at step {self.state.step} (epoch {self.state.epoch}, batch {self.state.batch_in_epoch})")
         self.net = DistributedDataParallel(self.model) if world > 1 else self.model
