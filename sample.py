@@ -129,8 +129,13 @@ def _main(args):
     init = load_ref_data(*parse_ref(args.init), root, ck["args"]["size"]).images if args.init else None
     out = fresh_folder(args.out, os.path.join(os.path.dirname(args.ckpt), f"samples_{name}_n{args.n}_seed{args.seed}"))
     t0 = time.time()
-    x, info = generate_from_checkpoint(ck, spec, args.n, device, labels, args.seed, args.batch, precision,
-                                       snapshots=snaps, init=init)
+    try:
+        x, info = generate_from_checkpoint(ck, spec, args.n, device, labels, args.seed, args.batch, precision,
+                                           snapshots=snaps, init=init)
+    except BaseException:  # refused (or interrupted) before anything was written: the empty folder goes too
+        if not os.listdir(out):
+            os.rmdir(out)
+        raise
     dt = time.time() - t0
     written = save_outputs(x, out, snaps)
     what = f"start {info['start']}" if zoom else f"{info['steps']} steps"
