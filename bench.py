@@ -17,6 +17,7 @@ network evaluation per image on a batch of 64 (sample.py's), times 1,000 x NFE; 
 the default sampler and the 4-step samplers of distill.py's students timed end to end on 1,000
 images (20 with --quick), each against the time of its network calls alone.
 """
+import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
 import json
 import os
@@ -144,23 +145,41 @@ def run_row(row):
     return out
 
 
+OURS = [("tiny", 1, 28), ("small", 3, 32), ("small", 3, 64), ("medium", 3, 32), ("base", 3, 32)]  # model, channels, size
+QUICK = [("tiny", 1, 28), ("small", 3, 32)]
+ANCHORS = ("lucidrains-unet64", "diffusers-ddpm-cifar10")
+
+
+def names(flag, text, known, note=""):
+    """A comma-separated list flag's names, each one of known and given once; else one line listing the known ones."""
+    given = text.split(",")
+    bad = [q for q in given if q not in known]
+    if bad:
+        raise UserError(f"{flag} {text}: {', '.join(repr(q) if q else 'an empty name' for q in bad)} "
+                        f"{'is' if len(bad) == 1 else 'are'} not one of {', '.join(known)}{note}")
+    twice = sorted({q for q in given if given.count(q) > 1})
+    if twice:
+        raise UserError(f"{flag} {text} names {', '.join(twice)} twice; give each once")
+    return given
+
+
 def rows_for(args, precisions):
     """The rows to time: our presets (and the anchors) in each precision asked for, then the sampling row."""
     rows = []
-    ours = [("tiny", 1, 28), ("small", 3, 32), ("small", 3, 64), ("medium", 3, 32), ("base", 3, 32)]
+    ours = OURS
     modes = [(p, False, False) for p in precisions]
     if not args.quick:
         modes += [(p, True, False) for p in precisions if p != "fp32"]  # channels_last pays with autocast only
     if args.compile:
         modes.append((precisions[0], False, True))
     if args.quick:
-        ours = [("tiny", 1, 28), ("small", 3, 32)]
+        ours = QUICK
     for model, c, s in ours:
         for prec, cl, comp in modes:
             rows.append(dict(model=model, channels=c, size=s, precision=prec, channels_last=cl, compile=comp,
                              task="train"))
     keep = set(args.models.split(",")) if args.models else None
-    for model in ("lucidrains-unet64", "diffusers-ddpm-cifar10"):
+    for model in ANCHORS:
         if args.quick and (keep is None or model not in keep):
             continue  # a quick table has our presets only, unless an anchor is named in --models
         for prec in precisions:
@@ -211,12 +230,16 @@ def bench(args):
     if args.seconds is None:
         args.seconds = 2.0 if args.quick else 8.0
     native = native_precisions(device)
-    precisions = args.precisions.split(",") if args.precisions else native
-    bad = [q for q in precisions if q not in PRECISIONS or (q == "fp16" and device.type != "cuda")]
-    if bad:
-        raise UserError(f"--precisions {','.join(bad)}: choose from {', '.join(native)} on {device}"
-                        f"{' (fp16 needs CUDA)' if device.type != 'cuda' else ''}")
+    precisions = native if args.precisions is None else names(
+        "--precisions", args.precisions, [q for q in PRECISIONS if q != "fp16" or device.type == "cuda"],
+        f" on {device} (native: {', '.join(native)}{'; fp16 needs CUDA' if device.type != 'cuda' else ''})")
+    if args.models is not None:  # checked here: rows_for would leave an unknown name out silently
+        names("--models", args.models, [*dict.fromkeys(m for m, _, _ in (QUICK if args.quick else OURS)), *ANCHORS],
+              " (--quick times the tiny and small presets)" if args.quick else "")
     if args.cards:
+        if os.path.isdir(args.cards):
+            raise UserError(f"--cards {args.cards} is a folder; give a file, e.g. "
+                            f"{os.path.join(args.cards, 'speed.jsonl')}")
         ensure_writable(os.path.dirname(os.path.abspath(args.cards)), "--cards")
     set_threads()
     setup_device(device)

@@ -5,6 +5,7 @@ import inspect
 import os
 import pickle
 import sys
+import zipfile
 
 import torch
 
@@ -36,6 +37,8 @@ def load_checkpoint(path, kind=None):
     """Load and check a checkpoint of this project; kind ('ddpm' or 'zoom') must match if given."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint '{path}' does not exist; pass the ckpt.pt of a training run")
+    if not zipfile.is_zipfile(path):  # torch.save's format is a zip archive; a text or truncated file is not
+        raise UserError(f"'{path}' is not a checkpoint (not a torch.save file, or truncated); use an intact ckpt.pt")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

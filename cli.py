@@ -1,6 +1,7 @@
 """Command-line plumbing shared by every script: user errors (one line, exit code 2), the common run
 flags, the device. What the machine runs fast (precision, threads) is machine.py's."""
 import argparse
+import json
 import math
 import os
 import signal
@@ -108,3 +109,53 @@ def ensure_writable(folder, flag):
     except OSError as e:
         raise UserError(f"{flag} {folder}: cannot write there ({e.strerror}); pick another folder")
     return folder
+
+
+_JSON_TYPES = {list: "an array", str: "a string", type(None): "null", bool: "true/false", int: "a number",
+               float: "a number"}
+
+
+def read_cards(path, hint):
+    """The cards of a JSON-lines file (fid.py's scores.jsonl, levels.py's levels.jsonl, bench.py --cards) as
+    ('path:line', card) pairs, blank lines skipped. A missing, empty or unreadable file, or a line that is not one JSON
+    object, is a UserError naming the file and the line; hint: which script writes such files."""
+    if os.path.isdir(path):
+        raise UserError(f"'{path}' is a folder, not a card file; {hint}")
+    if not os.path.isfile(path):
+        raise UserError(f"'{path}' does not exist; {hint}")
+    cards = []
+    try:
+        with open(path, "rb") as f:
+            for k, raw in enumerate(f, 1):
+                try:
+                    card = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise UserError(f"{path}:{k} is not text: a card file holds one JSON object per line; {hint}")
+                except json.JSONDecodeError as e:
+                    if not raw.strip():
+                        continue
+                    raise UserError(f"{path}:{k} is not JSON ({e.msg}): a card file holds one JSON object per line; "
+                                    f"{hint}")
+                if not isinstance(card, dict):
+                    raise UserError(f"{path}:{k} is {_JSON_TYPES.get(type(card), 'not an object')}, not a card "
+                                    f"(one JSON object per line); {hint}")
+                cards.append((f"{path}:{k}", card))
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror})")
+    if not cards:
+        raise UserError(f"'{path}' is empty: no cards in it; {hint}")
+    return cards
+
+
+def check_card(where, card, numbers=(), maybe_numbers=(), texts=()):
+    """Refuse a card (where: 'file:line') that lacks one of numbers or holds other than a number there, or holds
+    other than null or a number in one of maybe_numbers, or other than a string in one of texts."""
+    for key in numbers:
+        if key not in card:
+            raise UserError(f"{where}: the card has no '{key}'; it needs a number there")
+    for key, v in card.items():
+        if key in texts and not isinstance(v, str):
+            raise UserError(f"{where}: '{key}' is {json.dumps(v)[:40]}, not a string")
+        if ((key in numbers or key in maybe_numbers and v is not None)
+                and (isinstance(v, bool) or not isinstance(v, (int, float)))):
+            raise UserError(f"{where}: '{key}' is {json.dumps(v)[:40]}, not a number")

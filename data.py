@@ -6,6 +6,7 @@ the file decoding from imagefiles.py.
 
     python data.py --data maps --stats          # counts, class balance, mean/std, grids
 """
+import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
 import os
 import sys
@@ -259,16 +260,16 @@ def main():
     p.add_argument("--seed", type=NONNEG_INT, default=0)
     p.add_argument("--augment", choices=AUGMENTS, default=None, help="show this augmentation (default: the dataset's own)")
     args = p.parse_args()
+    from cli import UserError, ensure_writable
     try:
         if args.folds and args.split != "train":
             raise DataError(f"--folds picks coffee's training folds; --split {args.split} is fixed (test: fold 5)")
         data = data_from_args(args, args.split)
-    except DataError as e:
+        out = ensure_writable(args.out or os.path.join("runs", f"data_{args.data}"), "--out")
+    except UserError as e:  # DataError included
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     from torchvision.utils import save_image
-    out = args.out or os.path.join("runs", f"data_{args.data}")
-    os.makedirs(out, exist_ok=True)
     x = data.images.float() / 255
     print(f"{args.data} ({args.split}): {len(data)} images, {data.channels}x{data.size}x{data.size}")
     if data.num_classes:

@@ -11,19 +11,20 @@
 Reverse progressions (x_t and the predicted x0 along sampling) come from `sample.py --progression`;
 the most and least confident samples from `fid.py --extractor classifier`.
 """
+import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
 import csv
-import json
 import os
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cli import NONNEG_INT, POSITIVE_INT, Parser, UserError, run_cli  # noqa: E402
+from cli import NONNEG_INT, POSITIVE_INT, Parser, UserError, check_card, read_cards, run_cli  # noqa: E402
 
 
 def plot_schedules(args):
@@ -64,6 +65,8 @@ def plot_forward(args):
         ts = np.linspace(0, 999, cols).round().astype(int)
         rows.append((f"DDPM {kind}", [s.q_sample(x0, torch.tensor([t]), eps)[0] for t in ts], [f"t={t}" for t in ts]))
     n = x0.shape[-1]
+    if args.final_size >= n:
+        raise UserError(f"--final-size {args.final_size}: the zoom ends below the images' {n} px; give 1 to {n - 1}")
     T = n - args.final_size
     ss = np.linspace(0, T, cols).round().astype(int)
     for mode in ("nearest", "bilinear"):
@@ -82,9 +85,30 @@ def plot_forward(args):
     return fig
 
 
-def _read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
+def _read_csv(path, columns):
+    """The columns asked of a training run's CSV, each a list of numbers; one line naming the file and the line of
+    a row that is not (and for a file that is empty, not text or without the column)."""
+    values, k = {c: [] for c in columns}, 0
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or columns)]
+            if missing:
+                raise UserError(f"{path}: no '{missing[0]}' column (it has {', '.join(reader.fieldnames)}); "
+                                f"pass training run folders")
+            for row in reader:
+                k = reader.line_num
+                for c in columns:
+                    try:
+                        values[c].append(float(row[c]))
+                    except (TypeError, ValueError):
+                        raise UserError(f"{path}:{k}: its '{c}' is {'missing' if row[c] is None else repr(row[c])}, "
+                                        f"not a number; was the file edited or cut short?")
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}:{k + 1} is not CSV text ({str(e)[:60]}); pass training run folders")
+    if not values[columns[0]]:
+        raise UserError(f"{path} has no rows yet; plot the run once it has logged")
+    return values
 
 
 def plot_loss(args):
@@ -93,13 +117,12 @@ def plot_loss(args):
         log = os.path.join(run, "log.csv")
         if not os.path.isfile(log):
             raise UserError(f"'{run}' has no log.csv; pass training run folders")
-        rows = _read_csv(log)
-        step = [int(r["step"]) for r in rows]
-        line, = ax.plot(step, [float(r["loss"]) for r in rows], label=f"{os.path.basename(run.rstrip('/'))} train")
+        rows = _read_csv(log, ("step", "loss"))
+        line, = ax.plot(rows["step"], rows["loss"], label=f"{os.path.basename(run.rstrip('/'))} train")
         held = os.path.join(run, "heldout.csv")
         if os.path.isfile(held):
-            h = _read_csv(held)
-            ax.plot([int(r["step"]) for r in h], [float(r["heldout_loss"]) for r in h], "o--", color=line.get_color(),
+            h = _read_csv(held, ("step", "heldout_loss"))
+            ax.plot(h["step"], h["heldout_loss"], "o--", color=line.get_color(),
                     label=f"{os.path.basename(run.rstrip('/'))} held-out (EMA)")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
@@ -111,11 +134,11 @@ def plot_loss(args):
 def plot_scores(args):
     """FID (or another metric) from scores.jsonl cards against NFE, training step or training minutes, one
     line per run / extractor / sampler / reference: runs side by side."""
-    cards = []
+    cards, x = [], {"minutes": "train_minutes"}.get(args.x, args.x)
     for path in args.files:
-        if not os.path.isfile(path):
-            raise UserError(f"'{path}' does not exist; fid.py writes scores.jsonl into the run folder")
-        cards += [json.loads(line) for line in open(path)]
+        for where, c in read_cards(path, "fid.py writes scores.jsonl into the run folder"):
+            check_card(where, c, maybe_numbers=(x, args.metric, "cfg", "gauss_snr"), texts=("source", "extractor"))
+            cards.append(c)
     return scores_figure(cards, args.x, args.metric, ", ".join(args.files))
 
 
@@ -124,7 +147,7 @@ def scores_figure(cards, x="nfe", metric="fd", where="the cards"):
     x = {"minutes": "train_minutes"}.get(x, x)
     series = {}
     for c in cards:
-        if metric not in c or c.get(x) is None:
+        if c.get(metric) is None or c.get(x) is None:
             continue
         run = os.path.basename(os.path.dirname(c.get("source", ""))) if c.get("kind") else ""
         # one line per way of sampling too: the same checkpoints sampled two ways are two curves, not a zigzag
@@ -178,11 +201,13 @@ def levels_figure(cards):
 
 
 def plot_levels(args):
+    from results_page import check_levels_card
     cards = []
     for path in args.files:
-        if not os.path.isfile(path):
-            raise UserError(f"'{path}' does not exist; levels.py writes levels.jsonl (into the run folder or --out)")
-        cards += [c for c in map(json.loads, open(path)) if c.get("type") == "levels"]
+        for where, c in read_cards(path, "levels.py writes levels.jsonl (into the run folder or --out)"):
+            if c.get("type") == "levels":
+                check_levels_card(where, c)
+                cards.append(c)
     if not cards:
         raise UserError(f"no levels.py cards in {', '.join(args.files)}")
     return levels_figure(cards)
@@ -234,18 +259,42 @@ def main():
     run_cli(lambda: _main(args))
 
 
+def check_out(path):
+    """--out, before any work: a figure type matplotlib writes (by the extension) in a place that can be written (its
+    missing folders are made when the figure is saved)."""
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if os.path.isdir(path):
+        raise UserError(f"--out {path} is a folder; give a figure file, e.g. {os.path.join(path, 'figure.png')}")
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if ext not in kinds:
+        others = ", .".join(sorted(set(kinds) - {"png", "pdf", "svg"}))
+        raise UserError(f"--out {path}: {f'.{ext} is not a figure type' if ext else 'no extension'}; end the name "
+                        f"in .png, .pdf or .svg (or .{others})")
+    up = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(up):  # the nearest folder that is there: the missing ones are made in it
+        up = os.path.dirname(up)
+    if (not os.path.isdir(up) or not os.access(up, os.W_OK | os.X_OK)
+            or (os.path.exists(path) and not os.access(path, os.W_OK))):
+        why = f"{up} is a file, not a folder" if not os.path.isdir(up) else "not writable"
+        raise UserError(f"--out {path}: cannot write there ({why}); pick another place")
+
+
 def _main(args):
     from data import DataError
     if args.figure == "results":
         from results_page import results_page
         print(results_page(args.files))
         return
+    check_out(args.out)
     try:
         fig = globals()[f"plot_{args.figure}"](args)
     except DataError as e:
         raise UserError(str(e))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=120, bbox_inches="tight")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        fig.savefig(args.out, dpi=120, bbox_inches="tight")
+    except (OSError, RuntimeError) as e:  # a full disk; .pgf without its LaTeX
+        raise UserError(f"--out {args.out}: cannot write the figure ({getattr(e, 'strerror', None) or str(e)[:80]})")
     print(f"wrote {args.out}")
 
 

@@ -3,7 +3,7 @@ and levels.py as a table row, grouped by reference set and image size, with what
 import json
 import os
 
-from cli import UserError
+from cli import UserError, check_card, read_cards
 from features import ref_is_training_set
 
 
@@ -46,7 +46,7 @@ def _cell(c, latest=True):
     train = c.get("train") or {}
     cmds = f"`{train['command']}` ({train.get('machine', '?')}, {train.get('commit', '?')}); " if train.get("command") else ""
     return [what, how, c.get("extractor", "?"), f"{c['fd']:.2f}" if "fd" in c else "–", kid, pr, cls, colour, copies, f"{c.get('n'):,}",
-            f"{c.get('ref')} ({c.get('n_ref', '?'):,})" + (", the training set" if scored_on_training(c) else ""),
+            f"{c.get('ref')} (" + (f"{c['n_ref']:,}" if c.get("n_ref") is not None else "?") + ")" + (", the training set" if scored_on_training(c) else ""),
             c.get("machine", "?"), c.get("date", c.get("time", "?")[:10]),
             c.get("commit", "?"), cmds + f"`{c.get('command', '?')}`"]
 
@@ -82,17 +82,45 @@ def _speed_cell(c):
             f"`{c.get('command', '?')}`"]
 
 
+def check_levels_card(where, c):
+    """Refuse a levels.py card (where: 'file:line') without SNRs and the network's and the Gaussian's error at each."""
+    snr, mse = c.get("snr"), c.get("mse")
+    if not isinstance(snr, list) or not snr or not all(isinstance(v, (int, float)) for v in snr):
+        raise UserError(f"{where}: a levels card needs 'snr', a list of numbers, as levels.py writes; it holds "
+                        f"{json.dumps(snr)[:40]}")
+    if (not isinstance(mse, dict) or not {"network", "gaussian"} <= set(mse)
+            or not all(isinstance(e, list) and len(e) == len(snr) and all(isinstance(v, (int, float)) for v in e)
+                       for e in mse.values())):
+        raise UserError(f"{where}: a levels card needs 'mse', the network's and the gaussian's error at each of its "
+                        f"{len(snr)} SNRs, as levels.py writes; it holds {json.dumps(mse)[:60]}")
+
+
+# what a score card's row reads: numbers (formatted as such), and the strings it sorts and splits by
+SCORE_NUMBERS = ("fd", "kid", "kid_std", "precision", "recall", "entropy_ratio", "confident_share", "colour_gap",
+                 "copy_share", "nn_median", "nn_median_heldout", "cfg", "gauss_snr", "init_snr", "train_minutes",
+                 "gen_seconds", "n_ref", "step", "size", "nfe")
+
+
+def _row(cells_of, c, where, what):
+    """A table row from a card; a card the row cannot be read from is one line naming its file and line."""
+    try:
+        cells = cells_of(c)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise UserError(f"{where}: {what} ({type(e).__name__}: {str(e)[:60]}); rerun the script that wrote it")
+    return "| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |"
+
+
 def results_page(files):
     """RESULTS.md: every score card as a row, grouped by reference set and image size, with what made it."""
-    groups, speed, levels = {}, [], []
+    groups, speed, levels, where = {}, [], [], {}
     for path in files:
-        if not os.path.isfile(path):
-            raise UserError(f"'{path}' does not exist; fid.py writes scores.jsonl (into the run folder or --out)")
-        for k, line in enumerate(open(path), 1):
-            try:
-                c = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{k} is not a score card (one JSON object per line, as fid.py writes)")
+        for at, c in read_cards(path, "fid.py writes scores.jsonl (into the run folder or --out)"):
+            where[id(c)] = at
+            if c.get("type") == "levels":
+                check_levels_card(at, c)
+            elif c.get("type") != "speed":
+                check_card(at, c, numbers=("n",), maybe_numbers=SCORE_NUMBERS,
+                           texts=("source", "extractor", "ref", "time", "date"))
             if c.get("type") == "speed":
                 speed.append(c)
             elif c.get("type") == "levels":
@@ -118,20 +146,16 @@ def results_page(files):
         last_step[c.get("source")] = max(last_step.get(c.get("source"), -1), c.get("step") or 0)
     for (ref, size), cards in sorted(groups.items()):
         out += [f"## against {ref}" + (f", {size} px" if size else ""), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for c in sorted(cards, key=lambda c: (c.get("extractor", ""), c.get("n", 0), c.get("fd", 0))):
-            cells = _cell(c, latest=(c.get("step") or 0) == last_step.get(c.get("source"), c.get("step") or 0))
-            out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |")
+        for c in sorted(cards, key=lambda c: (c.get("extractor", ""), c.get("n", 0), c.get("fd") or 0)):
+            latest = (c.get("step") or 0) == last_step.get(c.get("source"), c.get("step") or 0)
+            out.append(_row(lambda c: _cell(c, latest), c, where[id(c)], "a score card lacks what fid.py writes"))
         out.append("")
     if speed:
         out += ["## Speed", "", "`bench.py --cards` rows: a training step's images/s (batch 32, median after warm-up) "
                 "and sampling time for 1,000 images, from the time of one network call and end to end.", "",
                 "| measured | result | peak MB | machine | date | commit | command |", "|---|---|---|---|---|---|---|"]
         for c in speed:
-            try:
-                cells = _speed_cell(c)
-            except (KeyError, TypeError, AttributeError):
-                raise UserError(f"a speed card lacks what bench.py --cards writes ({json.dumps(c)[:80]}…); rerun bench.py")
-            out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |")
+            out.append(_row(_speed_cell, c, where[id(c)], "a speed card lacks what bench.py --cards writes"))
         out.append("")
     if levels:
         out += ["## Denoising error per noise level", "", "`levels.py` rows: the mean squared x̂0 error per pixel ([-1, 1] "
