@@ -9,6 +9,7 @@ the file decoding from imagefiles.py.
 import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
 import os
+import zipfile
 import sys
 from dataclasses import dataclass, field
 
@@ -139,6 +140,30 @@ def load_mnist(root, size, split, download):
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+def check_cifar10_npz(root, split):
+    """The CIFAR-10 subset data.load_cifar10 reads where root holds no pickle batches (root itself when it ends in
+    .npz, else root/cifar10_subset.npz), refused in one line when it is not in that layout."""
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    path = root if root.endswith(".npz") else os.path.join(root, "cifar10_subset.npz")
+    if not os.path.isfile(path) or any(os.path.isfile(os.path.join(root, "cifar-10-batches-py", n)) for n in names):
+        return
+    want = "expected cifar10_subset.npz's layout: x uint8 N x H x W x 3, y N labels, is_test N flags"
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":  # an .npz is a zip of .npy arrays
+            raise DataError(f"cifar10 at {path}: not an .npz archive; {want}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x", "y", "is_test") if k not in z.files]
+            if missing:
+                raise DataError(f"cifar10 at {path}: no {', '.join(missing)} array (it holds {', '.join(z.files)}); {want}")
+            x, y, is_test = z["x"], z["y"], z["is_test"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"cifar10 at {path}: not a readable .npz ({type(e).__name__}); {want}")
+    if (x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or y.shape != (len(x),) or is_test.shape != (len(x),)
+            or not np.issubdtype(y.dtype, np.integer)):
+        raise DataError(f"cifar10 at {path}: x {x.dtype} {x.shape}, y {y.dtype} {y.shape}, is_test {is_test.shape}; {want}")
+
+
 def load_cifar10(root, size, split, download):
     """The python-pickle batches of CIFAR-10, read natively (any subset of the batch files that
     exists); torchvision only downloads them."""
@@ -148,6 +173,7 @@ def load_cifar10(root, size, split, download):
     subset = root if root.endswith(".npz") else os.path.join(root, "cifar10_subset.npz")
     if os.path.isfile(subset) and not any(os.path.isfile(os.path.join(base, n)) for n in names):
         # A subset saved as npz: x uint8 N x 32 x 32 x 3, y, is_test.
+        check_cifar10_npz(root, split)
         z = np.load(subset)
         keep = z["is_test"].astype(bool) == (split == "test")
         x = torch.from_numpy(np.ascontiguousarray(z["x"][keep].transpose(0, 3, 1, 2)))

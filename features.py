@@ -101,13 +101,43 @@ def classifier_splits(name, split):
     return ("train", "test") if name in ("mnist", "cifar10", "maps", "coffee") else (split, None)
 
 
-def train_classifier(ref, root, size, epochs=1, seed=0, batch=128, progress=True):
+def labelled_data(ref, root, size):
+    """The split the classifier of --ref trains on, refused unless it has at least two classes."""
     name, split = parse_ref(ref)
-    train_split, test_split = classifier_splits(name, split)
-    data = load_ref_data(name, train_split, root, size)
+    data = load_ref_data(name, classifier_splits(name, split)[0], root, size)
     if len(data.class_names) < 2:
         raise UserError(f"the classifier extractor needs labelled data; '{name}' has no classes here "
                         f"(use --extractor inception)")
+    return data
+
+
+def classifier_dataset(ref):
+    """The dataset a classifier of --ref is keyed by: its name, or a folder's path hashed."""
+    dataset, split = parse_ref(ref)
+    if dataset == "folder":  # the folder's path is the dataset
+        dataset = "folder" + hashlib.sha256(os.path.abspath(split).encode()).hexdigest()[:10]
+    return dataset
+
+
+def classifier_path(ref, size, channels, cache_dir, epochs=1, seed=0):
+    """Where the classifier of --ref for channels x size images is cached."""
+    return os.path.join(cache_dir, f"classifier_{classifier_dataset(ref)}_{channels}x{size}_v{SmallCNN.VERSION}"
+                                   f"_e{epochs}_s{seed}.pt")
+
+
+def check_classifier_data(ref, root, size, channels, cache_dir, epochs=1, seed=0):
+    """Before any sampling: a classifier for --ref is cached, or its training split has classes and channels."""
+    if os.path.isfile(classifier_path(ref, size, channels, cache_dir, epochs, seed)):
+        return
+    data = labelled_data(ref, root, size)
+    if data.channels != channels:
+        raise UserError(f"--ref {ref} has {data.channels}-channel images, the images to score {channels}")
+
+
+def train_classifier(ref, root, size, epochs=1, seed=0, batch=128, progress=True):
+    name, split = parse_ref(ref)
+    train_split, test_split = classifier_splits(name, split)
+    data = labelled_data(ref, root, size)
     torch.manual_seed(seed)
     net = SmallCNN(data.channels, len(data.class_names)).to(memory_format=torch.channels_last)  # the faster layout on CPU
     opt = torch.optim.Adam(net.parameters(), lr=5e-3)
@@ -145,11 +175,8 @@ class Classifier:
     resize = "none (the classifier runs at the images' own size)"
 
     def __init__(self, ref, root, size, channels, cache_dir, device="cpu", epochs=1, seed=0):
-        dataset, split = parse_ref(ref)
-        if dataset == "folder":  # the folder's path is the dataset
-            dataset = "folder" + hashlib.sha256(os.path.abspath(split).encode()).hexdigest()[:10]
-        key = f"classifier_{dataset}_{channels}x{size}_v{SmallCNN.VERSION}_e{epochs}_s{seed}.pt"
-        self.path = os.path.join(cache_dir, key)
+        self.path = classifier_path(ref, size, channels, cache_dir, epochs, seed)
+        dataset = classifier_dataset(ref)
         if not os.path.isfile(self.path):
             t0 = time.time()
             net, names, acc = train_classifier(ref, root, size, epochs, seed)

@@ -16,29 +16,29 @@ there is no Inception Score on them: the card says so. Generated images are quan
 scoring, like saved PNGs. Every score is appended as a card (one JSON line) to scores.jsonl in the run folder (or --out);
 images generated from a checkpoint are kept beside it first (samples_LABEL.npz, for --samples).
 """
+import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
 import datetime
-import glob
 import json
 import os
+import sys
 import time
-import zipfile
 
-import numpy as np
 import torch
 
 from checkpoint import load_checkpoint
 from cli import (FINITE, NONNEG, POSITIVE_INT, Parser, UserError, add_run_args, ensure_writable, resolve_device,
                  run_cli)
 from data import DEFAULT_SIZE
-from features import Classifier, Inception, default_ref, load_ref_data, parse_ref, ref_features, ref_is_training_set
+from features import (Classifier, Inception, check_classifier_data, default_ref, load_ref_data, parse_ref,
+                      ref_features, ref_is_training_set)
 from generate import SAMPLE_BATCH, SAMPLE_BATCH_CUDA
-from imagefiles import IMAGE_EXTS, decode_files
+from imagefiles import read_samples
 from inception_check import PYTORCH_FID_FILE, check_inception
 from machine import describe, provenance, resolve_precision, set_threads, setup_device
-from metrics import channel_stats, colour_gap
-from scoring import confidence_grids, copies, keep_samples, one_line, score, table
-from sweeps import checkpoint_jobs
+from metrics import COLOUR_GAP_NOTE, channel_stats, colour_gap, min_images
+from scoring import confidence_grids, copies, copies_reference, keep_samples, one_line, score, table
+from sweeps import checkpoint_jobs, plan_jobs
 
 EXTRACTORS = ("inception", "classifier")
 
@@ -107,65 +107,44 @@ def main():
 
 # ---- the images to score ----------------------------------------------------------------------
 
-def read_samples(path):
-    """uint8 N x C x H x W from an .npz (sample.py's 'images', N x H x W x C) or a folder of images."""
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "samples.npz")):
-        path = os.path.join(path, "samples.npz")
-    if path.endswith(".npz"):
-        if not os.path.isfile(path):
-            raise UserError(f"--samples '{path}' does not exist")
-        want = "uint8 images N x H x W x C (C = 1 or 3), as sample.py writes them"
+def plan_sources(args):
+    """Every set of images to score, read (--floor, --samples) or resolved (--ckpt: sweeps.plan_jobs) and checked
+    before any work: (sets, make). sets: each set's (size, channels, number of images, output folder);
+    make(device, precision) yields (label, images uint8, card fields, output folder), sampling checkpoints lazily."""
+    if args.ckpt:
+        plan, inits = plan_jobs(args)
+        return ([(j["size"], j["channels"], args.n, j["out"]) for j in plan],
+                lambda device, precision: checkpoint_jobs(args, device, precision, plan, inits))
+    job = floor_job(args) if args.floor else samples_job(args)
+    images, out = job[1], job[3]
+    return [(images.shape[-1], images.shape[1], len(images), out)], lambda device, precision: iter([job])
+
+
+def floor_job(args):
+    """--floor: (label, images, card fields, output folder) of a real split or uniform noise."""
+    ref_name, _ = parse_ref(args.ref)
+    size = args.size or (DEFAULT_SIZE.get(ref_name, 32))
+    out = args.out or os.path.join("runs", "floors")
+    if args.floor == "noise":
+        c = load_ref_data(*parse_ref(args.ref), args.data_root, size).channels
+        x = torch.randint(0, 256, (args.n, c, size, size), generator=torch.Generator().manual_seed(args.seed),
+                          dtype=torch.uint8)
+        return "noise", x, dict(source="uniform noise", size=size), out
+    data = load_ref_data(*parse_ref(args.floor), args.data_root, size)
+    x = data.images
+    if len(x) > args.n:  # a different fixed subset than the reference's (seed 1 vs 0)
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:args.n]]
+    return args.floor, x, dict(source=f"real {args.floor}", size=size), out
+
+
+def samples_job(args):
+    """--samples: (label, images, card fields, output folder), with how they were drawn where anchor.json says."""
+    x = read_samples(args.samples)
+    folder = (args.samples if os.path.isdir(args.samples) else os.path.dirname(args.samples)) or "."
+    card = dict(source=args.samples, size=x.shape[-1])
+    made_by = os.path.join(folder, "anchor.json")  # anchor_lucidrains.py's record of what trained them
+    if os.path.isfile(made_by):
         try:
-            with np.load(path, allow_pickle=False) as z:
-                x = z["images"] if "images" in z.files else z[z.files[0]]
-        except (ValueError, OSError, IndexError, zipfile.BadZipFile) as e:
-            raise UserError(f"--samples {path}: not a readable .npz of {want} ({str(e).splitlines()[0][:80]})")
-        if x.ndim == 3:
-            x = x[..., None]  # N x H x W: grey
-        if x.dtype != np.uint8 or x.ndim != 4:
-            raise UserError(f"--samples {path}: expected {want}, got {x.dtype} {x.shape}")
-        if x.shape[-1] not in (1, 3):
-            hint = " (channel-first? transpose to N x H x W x C)" if x.shape[1] in (1, 3) else ""
-            raise UserError(f"--samples {path}: {x.shape[-1]} channels in {x.shape}; expected {want}{hint}")
-        if x.shape[1] != x.shape[2] or len(x) < 2:
-            raise UserError(f"--samples {path}: {x.shape} is not a set of square images; expected {want}, N >= 2")
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    if not os.path.isdir(path):
-        raise UserError(f"--samples '{path}' is neither a folder of images nor an .npz file")
-    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if f.lower().endswith(IMAGE_EXTS))
-    files = [f for f in files if os.path.basename(f) not in ("grid.png", "progression.png")]
-    if not files:
-        raise UserError(f"--samples '{path}': no images found")
-    from PIL import Image
-    with Image.open(files[0]) as im:
-        mode, size = ("L" if im.mode in ("L", "1", "I;16") else "RGB"), im.size[0]
-    return decode_files(files, size, mode, "samples")[0]
-
-
-def sample_jobs(args, device, precision):
-    """(label, images uint8, card fields, output folder) for each thing to score, generated lazily."""
-    if args.floor:
-        ref_name, _ = parse_ref(args.ref)
-        size = args.size or (DEFAULT_SIZE.get(ref_name, 32))
-        out = args.out or os.path.join("runs", "floors")
-        if args.floor == "noise":
-            c = load_ref_data(*parse_ref(args.ref), args.data_root, size).channels
-            x = torch.randint(0, 256, (args.n, c, size, size), generator=torch.Generator().manual_seed(args.seed),
-                              dtype=torch.uint8)
-            yield "noise", x, dict(source="uniform noise", size=size), out
-        else:
-            data = load_ref_data(*parse_ref(args.floor), args.data_root, size)
-            x = data.images
-            if len(x) > args.n:  # a different fixed subset than the reference's (seed 1 vs 0)
-                x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:args.n]]
-            yield args.floor, x, dict(source=f"real {args.floor}", size=size), out
-        return
-    if args.samples:
-        x = read_samples(args.samples)
-        folder = args.samples if os.path.isdir(args.samples) else os.path.dirname(args.samples)
-        card = dict(source=args.samples, size=x.shape[-1])
-        made_by = os.path.join(folder, "anchor.json")  # anchor_lucidrains.py's record of what trained them
-        if os.path.isfile(made_by):
             with open(made_by) as f:
                 a = json.load(f)
             card.update(step=a.get("step"), train_minutes=round(a.get("train_seconds", 0) / 60, 2),
@@ -174,9 +153,10 @@ def sample_jobs(args, device, precision):
             if s:  # how these samples were drawn: the sampler, its network calls, which weights and how long
                 card.update(sampler=s["sampler"], steps=s["steps"], nfe=s["steps"], ema=s["weights"] == "ema",
                             gen_seconds=s["seconds"])
-        yield os.path.basename(os.path.normpath(args.samples)), x, card, args.out or folder
-        return
-    yield from checkpoint_jobs(args, device, precision)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            print(f"note: {made_by} could not be read ({type(e).__name__}); the card leaves out how these samples "
+                  f"were made", file=sys.stderr)
+    return os.path.basename(os.path.normpath(args.samples)), x, card, args.out or folder
 
 
 def resolve_ref_and_root(args):
@@ -192,23 +172,44 @@ def resolve_ref_and_root(args):
     return default_ref(trained)
 
 
+def writable_folders(pairs):
+    """cli.ensure_writable for each (folder, flag); when one is refused, the empty folders made for the others
+    are removed again: a refused command leaves nothing behind."""
+    made = []
+    try:
+        for folder, flag in pairs:
+            if not folder:
+                continue
+            new, up = [], os.path.abspath(folder)
+            while not os.path.exists(up):  # the folders ensure_writable is about to make, deepest first
+                new.append(up)
+                up = os.path.dirname(up)
+            ensure_writable(folder, flag)
+            made += new
+    except UserError:
+        for folder in sorted(made, key=len, reverse=True):  # children before their parents
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty after all, or gone
+                pass
+        raise
+
+
 def _main(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     args.cache_dir = args.cache_dir or os.path.join(args.out or "runs", "fid_cache")  # nothing lands outside --out
-    for folder, flag in [(args.out, "--out"), (args.cache_dir, "--cache-dir")]:  # before any sampling or features
-        if folder:
-            ensure_writable(folder, flag)
-    set_threads()
-    setup_device(device)
-    print(describe(device, precision) + " (sampling; features in fp32, which bf16 would move)")
     if args.check_inception:
+        for folder, flag in [(args.out, "--out"), (args.cache_dir, "--cache-dir")]:
+            if folder:
+                ensure_writable(folder, flag)
+        set_threads()
+        setup_device(device)
+        print(describe(device, precision) + " (sampling; features in fp32, which bf16 would move)")
         args.data_root = args.data_root or "data"
         return check_inception(args, device)
     if sum(map(bool, (args.ckpt, args.samples, args.floor))) != 1:
         raise UserError("give exactly one of --ckpt, --samples, --floor or --check-inception")
-    if args.n < 2 or args.n_ref < 2:
-        raise UserError("--n and --n-ref must be at least 2")
     metrics = set(args.metrics.split(","))
     if not metrics <= {"fid", "kid", "pr", "copies"}:
         raise UserError(f"--metrics {args.metrics}: choose from fid, kid, pr, copies")
@@ -223,30 +224,57 @@ def _main(args):
         raise UserError(f"--metrics copies compares samples with held-out images: give a test split as --ref "
                         f"(e.g. {ref_name if ref_name != 'folder' else 'mnist'}:test, or folder:HELD_OUT) and the training "
                         f"split as --train-ref (e.g. folder:TRAINING_IMAGES)")
-    rows, extractors = [], {}
-    where = provenance(device)  # machine, date, commit and this command, on every card
-    real = {}
-    for label, images, card, out in sample_jobs(args, device, precision):
-        if args.ckpt:  # generated images outlive a scoring cut short: re-score them with --samples
-            card = dict(card, samples=keep_samples(images, out, label),
-                        ref_is_training_set=ref_is_training_set(ref, card["train"]["args"]))
-            if card["ref_is_training_set"] and not real:
-                print(f"note: {ref} holds images {card['source']} trained on (a folder has no held-out split): "
-                      f"the score measures how it fits them, not unseen images")
-        size, channels = images.shape[-1], images.shape[1]
+    # Everything is read and checked before any sampling, feature or write: every checkpoint and sampling job, the
+    # samples, the reference (and --train-ref) at each size, the extractors, the output folders.
+    sets, make = plan_sources(args)
+    need, why = min_images(metrics)
+    for flag, n in [("--n", args.n)] * (not args.samples) + [("--n-ref", args.n_ref)]:
+        if n < need:
+            raise UserError(f"{flag} {n}: {why}")
+    real, heldout_dist = {}, {}
+    for size, channels, count, _ in sets:
+        if count < need:
+            raise UserError(f"{'--samples ' + args.samples if args.samples else '--floor ' + str(args.floor)} has "
+                            f"{count} image(s); {why}")
         if size not in real:  # the reference's colours, for the colour check on every card
             ref_images = load_ref_data(ref_name, ref_split, args.data_root, size).images
             real[size] = ref_images[torch.randperm(len(ref_images), generator=torch.Generator().manual_seed(0))[:args.n_ref]]
+            if len(real[size]) < need:
+                raise UserError(f"--ref {ref} has {len(real[size])} image(s); {why}")
+            if "copies" in metrics:
+                heldout_dist[size] = copies_reference(real[size], train_ref, args.data_root)
+    extractors = {}
+    if "inception" in names:
+        extractors["inception"] = Inception(args.inception, device)
+    if "classifier" in names:
+        for size, channels, _, _ in sets:
+            check_classifier_data(ref, args.data_root, size, channels, args.cache_dir)
+    writable_folders([(args.out, "--out"), (args.cache_dir, "--cache-dir")] + [(out, "--out") for *_, out in sets])
+    set_threads()
+    setup_device(device)
+    print(describe(device, precision) + " (sampling; features in fp32, which bf16 would move)")
+    rows = []
+    where = provenance(device)  # machine, date, commit and this command, on every card
+    for label, images, card, out in make(device, precision):
+        if args.ckpt:  # generated images outlive a scoring cut short: re-score them with --samples
+            card = dict(card, samples=keep_samples(images, out, label),
+                        ref_is_training_set=ref_is_training_set(ref, card["train"]["args"]))
+            if card["ref_is_training_set"] and len(rows) == 0:
+                print(f"note: {ref} holds images {card['source']} trained on (a folder has no held-out split): "
+                      f"the score measures how it fits them, not unseen images")
+        size, channels = images.shape[-1], images.shape[1]
         (mean, std), (ref_mean, ref_std) = channel_stats(images), channel_stats(real[size])
+        gap = colour_gap(images, real[size])
         card = dict(card, channel_mean=[round(v, 4) for v in mean], channel_std=[round(v, 4) for v in std],
                     ref_channel_mean=[round(v, 4) for v in ref_mean], ref_channel_std=[round(v, 4) for v in ref_std],
-                    colour_gap=round(colour_gap(images, real[size]), 4))
+                    **({"colour_gap": round(gap, 4)} if gap is not None else {"colour_gap_note": COLOUR_GAP_NOTE}))
+        if gap is None and not rows:
+            print(f"note: {ref}: {COLOUR_GAP_NOTE}")
         if "copies" in metrics:
-            card.update(copies(images, real[size], train_ref, args.data_root, out, label))
+            card.update(copies(images, real[size], train_ref, args.data_root, out, label, d_real=heldout_dist[size]))
         for name in names:
             if name not in extractors:
-                extractors[name] = (Inception(args.inception, device) if name == "inception" else
-                                    Classifier(ref, args.data_root, size, channels, args.cache_dir, device))
+                extractors[name] = Classifier(ref, args.data_root, size, channels, args.cache_dir, device)
             ext = extractors[name]
             t0 = time.time()
             feats_ref, logits_ref, n_ref, _ = ref_features(ext, ref, args.data_root, size, args.n_ref, args.cache_dir)

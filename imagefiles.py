@@ -1,8 +1,10 @@
 """Reading image files as a photo viewer shows them, into uint8 tensors (N, C, H, W), and fetching a zip of
-them; the loaders in data.py and fid.py's --samples folders use them. DataError is every data problem's
-error: the message says what and how to fix it."""
+them; the loaders in data.py use them, and read_samples reads fid.py's --samples (a folder or an .npz).
+DataError is every data problem's error: the message says what and how to fix it."""
+import glob
 import os
 import sys
+import zipfile
 
 import numpy as np
 import torch
@@ -61,6 +63,57 @@ def decode_files(paths, size, mode="RGB", what="images"):
     if not images:
         raise DataError(f"none of the {len(paths)} {what} could be read (e.g. {bad[0] if bad else '?'})")
     return torch.stack(images), keep
+
+
+def read_samples(path):
+    """uint8 N x C x H x W from an .npz (sample.py's 'images', N x H x W x C) or a folder of images."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "samples.npz")):
+        path = os.path.join(path, "samples.npz")
+    if path.endswith(".npz"):
+        if not os.path.isfile(path):
+            raise UserError(f"--samples '{path}' does not exist")
+        want = "uint8 images N x H x W x C (C = 1 or 3), as sample.py writes them"
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":  # an .npz is a zip of .npy arrays; np.load would try other formats
+                raise UserError(f"--samples {path}: not an .npz archive (np.savez's zip of arrays); expected {want}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = z.files
+                name = next((k for k in ("images", "x") if k in names), names[0] if len(names) == 1 else None)
+                if name is None:
+                    raise UserError(f"--samples {path}: holds {', '.join(names) or 'no arrays'}, none named 'images'; "
+                                    f"expected {want}, saved as np.savez(FILE, images=...)")
+                x = z[name]
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            raise UserError(f"--samples {path}: not a readable .npz of {want} ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:80]})")
+        if x.ndim == 3:
+            x = x[..., None]  # N x H x W: grey
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise UserError(f"--samples {path}: expected {want}, got {x.dtype} {x.shape}")
+        if x.shape[-1] not in (1, 3):
+            hint = " (channel-first? transpose to N x H x W x C)" if x.shape[1] in (1, 3) else ""
+            raise UserError(f"--samples {path}: {x.shape[-1]} channels in {x.shape}; expected {want}{hint}")
+        if x.shape[1] != x.shape[2] or len(x) == 0:
+            raise UserError(f"--samples {path}: {x.shape} is not a set of square images; expected {want}")
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    if not os.path.isdir(path):
+        raise UserError(f"--samples '{path}' is neither a folder of images nor an .npz file")
+    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if f.lower().endswith(IMAGE_EXTS))
+    files = [f for f in files if os.path.basename(f) not in ("grid.png", "progression.png")]
+    if not files:
+        raise UserError(f"--samples '{path}': no images found")
+    from PIL import Image
+    for first in files:  # the first readable image sets the mode and size; decode_files reports the unreadable
+        try:
+            with Image.open(first) as im:
+                mode, size = ("L" if im.mode in ("L", "1", "I;16") else "RGB"), im.size[0]
+            break
+        except Exception:  # PIL raises many kinds for a corrupt file
+            continue
+    else:
+        raise UserError(f"--samples '{path}': none of its {len(files)} image file(s) could be read (e.g. {files[0]})")
+    return decode_files(files, size, mode, "samples")[0]
 
 
 def resize_uint8(x, size):

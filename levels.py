@@ -11,6 +11,7 @@ network has not learned the data's shapes at that level (there --gauss-snr sampl
 Gaussian). Prints a table per checkpoint and writes one card per checkpoint to levels.jsonl (`plots.py results`
 lists them) and levels.png: error against SNR, every checkpoint beside the Gaussians.
 """
+import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
 import datetime
 import json
@@ -106,21 +107,26 @@ def _main(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     cks = [load_checkpoint(path, kind="ddpm") for path in args.ckpt]
-    for ck in cks:  # every level checked before any work
+    for ck in cks:  # every level, Gaussian and network checked before any work
         [level_of(schedule_of(ck), snr) for snr in args.snrs]
+        data_gaussian(ck)
+        model_from_checkpoint(ck, ema=not args.raw and bool(ck.get("ema")))
+    ref = args.ref or default_ref(cks[0])
+    refs, images = {}, []
+    for path, ck in zip(args.ckpt, cks):  # --ref read and checked against every checkpoint before the first card
+        size = ck["args"]["size"]
+        if size not in refs:
+            refs[size] = load_ref_data(*parse_ref(ref), args.data_root or cks[0]["args"].get("data_root", "data"), size)
+        images.append(reference_images(path, ck, refs[size], ref, args.n))
     out = ensure_writable(args.out or os.path.dirname(os.path.abspath(args.ckpt[0])), "--out")
     set_threads()
     setup_device(device)
     print(describe(device, precision) + " (networks; the Gaussians in fp32)")
-    ref = args.ref or default_ref(cks[0])
     where = provenance(device)
-    cards, refs = [], {}
-    for path, ck in zip(args.ckpt, cks):
-        size = ck["args"]["size"]
-        if size not in refs:
-            refs[size] = load_ref_data(*parse_ref(ref), args.data_root or cks[0]["args"].get("data_root", "data"), size)
+    cards = []
+    for path, ck, (x0, labels) in zip(args.ckpt, cks, images):
         card = dict(type="levels", time=datetime.datetime.now().isoformat(timespec="seconds"), **where, source=path,
-                    **checkpoint_levels(path, ck, refs[size], ref, args, device, precision))
+                    **checkpoint_levels(ck, x0, labels, ref, args, device, precision))
         cards.append(card)
         with open(os.path.join(out, "levels.jsonl"), "a") as f:
             f.write(json.dumps(card, ensure_ascii=False) + "\n")
@@ -130,19 +136,26 @@ def _main(args):
     print(f"-> {out}/levels.jsonl, {out}/levels.png")
 
 
-def checkpoint_levels(path, ck, data, ref, args, device, precision):
-    """One checkpoint's card fields: its network's and its data's Gaussians' errors on --n images of data."""
+def reference_images(path, ck, data, ref, n):
+    """(x0 in [-1, 1], labels or None): n images of data for the checkpoint at path, refused where they do not fit it."""
     a = ck["args"]
     shape = (ck["model_config"]["in_ch"], a["size"], a["size"])
     if tuple(data.images.shape[1:]) != shape:
         raise UserError(f"--ref {ref} has {tuple(data.images.shape[1:])} images, {path} makes {shape}: "
                         f"give a split of the data it was trained on")
-    idx = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(0))[:args.n]
+    idx = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(0))[:n]
     x0 = to_model(data.images[idx]).float()
     classes = ck.get("class_names") or []
     labels = data.labels[idx] if classes else None  # a conditional model and its Gaussians see each image's class
     if classes and (labels.min() < 0 or labels.max() >= len(classes)):
         raise UserError(f"--ref {ref} has labels outside the checkpoint's {len(classes)} classes; give a split of its data")
+    return x0, labels
+
+
+def checkpoint_levels(ck, x0, labels, ref, args, device, precision):
+    """One checkpoint's card fields: its network's and its data's Gaussians' errors on the images x0."""
+    a = ck["args"]
+    classes = ck.get("class_names") or []
     ema = not args.raw and bool(ck.get("ema"))
     denoisers = {"network": network_denoiser(ck, device, precision, labels, args.batch, ema=ema),
                  "gaussian": gaussian_denoiser(data_gaussian(ck), labels)}

@@ -98,11 +98,33 @@ def channel_stats(u8):
     return x.mean(dim=(0, 2, 3)).tolist(), x.transpose(0, 1).flatten(1).std(dim=1).tolist()
 
 
+COLOUR_GAP_NOTE = "no colour gap: a reference channel has zero mean or spread, so a relative difference is undefined"
+
+
 def colour_gap(fake_u8, real_u8):
     """How far the samples' colours are from the data's: the largest relative difference of a channel's
-    mean or std, max_c max(|m_f − m_r| / m_r, |s_f − s_r| / s_r). 0.05 = every channel within 5 %."""
+    mean or std, max_c max(|m_f − m_r| / m_r, |s_f − s_r| / s_r). 0.05 = every channel within 5 %. None where a
+    reference channel's mean or std is 0 and the samples' is not (COLOUR_GAP_NOTE); 0 where both are. Grey
+    images beside colour ones count as three equal channels, as the Inception network sees them."""
+    fake_u8, real_u8 = torch.as_tensor(fake_u8), torch.as_tensor(real_u8)
+    c = max(fake_u8.shape[1], real_u8.shape[1])
+    fake_u8, real_u8 = (x.expand(-1, c, -1, -1) if x.shape[1] == 1 else x for x in (fake_u8, real_u8))
     (mf, sf), (mr, sr) = channel_stats(fake_u8), channel_stats(real_u8)
-    return float(max(max(abs(a - b) / b, abs(c - d) / d) for a, b, c, d in zip(mf, mr, sf, sr)))
+    gaps = [abs(a - b) / b if b > 0 else (0.0 if a == b else None)
+            for pair in zip(mf, mr, sf, sr) for a, b in (pair[:2], pair[2:])]
+    return None if None in gaps else float(max(gaps))
+
+
+# The fewest images each set needs: a covariance (FID); the unbiased MMD² of two half-size subsets (KID); more
+# than k = 3 neighbours (precision/recall); a nearest and a second-nearest image (copies).
+MIN_IMAGES = {"fid": 2, "kid": 4, "pr": 4, "copies": 2}
+
+
+def min_images(metrics):
+    """(the fewest images the samples and the reference each need for `metrics`, the reason in words)."""
+    need = max(MIN_IMAGES[m] for m in metrics)
+    return need, (f"--metrics {','.join(sorted(metrics))} need at least {need} images in each set (FID 2, KID 4, "
+                  f"precision/recall 4; --metrics fid scores 2)")
 
 
 def nearest_distance(query_u8, bank_u8, chunk=256):
@@ -117,15 +139,17 @@ def nearest_distance(query_u8, bank_u8, chunk=256):
     return torch.cat(dist) / q.shape[1] ** 0.5, torch.cat(idx)
 
 
-def copy_stats(fake_u8, heldout_u8, train_u8, quantile=0.01):
+def copy_stats(fake_u8, heldout_u8, train_u8, quantile=0.01, d_real=None):
     """Memorisation check on the scale set by held-out real images, which are no copies. A copy lies much
     nearer to one training image than to any other: copy_share = share of samples whose nearest / second-
     nearest distance ratio is below all but `quantile` of the held-out images' ratios (about `quantile`
     for a model that does not copy; near 1 for one that returns training images). The ratio, not the
     distance alone, so that simple images (a thin 1 lies near many training 1s) do not count as copies.
-    Returns (stats, each sample's distance ratio, its nearest training image's index)."""
+    Returns (stats, each sample's distance ratio, its nearest training image's index). d_real: the held-out
+    images' nearest_distance to the training images, where already known."""
     d_fake, idx = nearest_distance(fake_u8, train_u8)
-    d_real, _ = nearest_distance(heldout_u8, train_u8)
+    if d_real is None:
+        d_real, _ = nearest_distance(heldout_u8, train_u8)
     # + a quarter grey level: two equal training images make a ratio of 1, the round-off of cdist aside
     ratio = lambda d: (d[:, 0] + 1e-3) / (d[:, -1] + 1e-3)  # noqa: E731
     threshold = torch.quantile(ratio(d_real), quantile).item()

@@ -10,7 +10,7 @@ from torchvision.utils import save_image
 
 from cli import UserError
 from features import load_ref_data, parse_ref
-from metrics import class_stats, copy_stats, frechet_distance, kid, mean_cov, precision_recall
+from metrics import class_stats, copy_stats, frechet_distance, kid, mean_cov, nearest_distance, precision_recall
 
 
 def score(images, feats_ref, logits_ref, extractor, metrics, progress=True):
@@ -36,13 +36,27 @@ def _train_images(train_ref, root, size):
     return load_ref_data(*parse_ref(train_ref), root, size).images
 
 
-def copies(images, heldout, train_ref, root, out, label, k=32):
+def copies_reference(heldout, train_ref, root):
+    """The held-out images' distances to their nearest training images (for copies), checked before any
+    sampling: --train-ref must hold images of the held-out ones' shape, and not the held-out images themselves."""
+    train = _train_images(train_ref, root, heldout.shape[-1])
+    if train.shape[1:] != heldout.shape[1:]:
+        raise UserError(f"--train-ref {train_ref} has {tuple(train.shape[1:])} images, --ref {tuple(heldout.shape[1:])}")
+    d_real, _ = nearest_distance(heldout, train)
+    if (d_real[:, 0] < 1e-3).float().mean().item() > 0.01:
+        raise UserError(f"--metrics copies: some --ref images are also in --train-ref {train_ref}; "
+                        f"give a held-out split as --ref")
+    return d_real
+
+
+def copies(images, heldout, train_ref, root, out, label, k=32, d_real=None):
     """The memorisation check's card fields, and copies_LABEL.png: the k samples most like copies (lowest
-    nearest / second-nearest distance ratio; rows of 8), each row followed by their nearest training images."""
+    nearest / second-nearest distance ratio; rows of 8), each row followed by their nearest training images.
+    d_real: copies_reference's distances, where already computed."""
     train = _train_images(train_ref, root, images.shape[-1])
     if train.shape[1:] != images.shape[1:]:
         raise UserError(f"--train-ref {train_ref} has {tuple(train.shape[1:])} images, the samples {tuple(images.shape[1:])}")
-    stats, ratio, idx = copy_stats(images, heldout, train)
+    stats, ratio, idx = copy_stats(images, heldout, train, d_real=d_real)
     if stats.pop("heldout_in_train") > 0.01:
         raise UserError(f"--metrics copies: some --ref images are also in --train-ref {train_ref}; "
                         f"give a held-out split as --ref")
