@@ -67,7 +67,7 @@ def generate_ddpm(model, sched, pred, n, device, sampler=None, steps=None, eta=0
     device = torch.device(device)
 
     def one_batch(idx, start):
-        noise = PerImageNoise(seed, idx, (c, size, size), device)
+        noise = PerImageNoise(seed, idx, (c, size, size), device, calls=len(ts) + 1)  # the start and each step
         lab = None if labels is None else labels[start:start + len(idx)].to(device)
         denoise = make_denoiser(model, sched, pred, lab, cfg, model.num_classes, clip, gauss, gauss_snr)
         x = noise() if init is None else a ** 0.5 * init[start:start + len(idx)].to(device) + (1 - a) ** 0.5 * noise()
@@ -88,7 +88,7 @@ def generate_zoom(model, stats, T, mode, n, device, start="bank", sampler="naive
     def one_batch(idx, b0):
         lab = None if labels is None else labels[b0:b0 + len(idx)].to(device)
         x = start_states(stats, start, len(idx), c, size, mode, seed, idx[0], lab).to(device)
-        noise = PerImageNoise(seed + 7, idx, (c, size, size), device)
+        noise = PerImageNoise(seed + 7, idx, (c, size, size), device, calls=T if noise_std else 1)
         restore = lambda xs, s: model(xs, torch.full((xs.shape[0],), s, device=device), lab).float().clamp(-1, 1)  # noqa: E731
         callback = _snapshot(snapshots, b0)
         if callback:

@@ -19,15 +19,29 @@ SPACINGS = ("uniform", "karras", "trailing")
 
 
 class PerImageNoise:
-    """Gaussian noise where image i's draws depend only on (seed, i), never on the batch it is in."""
+    """Gaussian noise where image i's draws depend only on (seed, i), never on the batch it is in. One draw per
+    image covers `calls` calls (a sampler's whole run), not one launch per image per step."""
 
-    def __init__(self, seed, indices, shape, device):
+    BUFFER = 2 ** 26  # numbers held at once (256 MB of float32)
+
+    def __init__(self, seed, indices, shape, device, calls=1):
         # Generators on the device: drawing on the host and copying would cost a transfer per step on a GPU.
         self.gens = [torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(i)) for i in indices]
         self.shape, self.device = shape, device
+        n = math.prod(shape)
+        # The CPU's generator makes the same numbers in one draw as in several only for sizes that are multiples of
+        # 16 (its normals come in blocks of 16): other sizes draw a call at a time, so that images never change.
+        exact = torch.device(device).type != "cpu" or n % 16 == 0
+        self.chunk = max(1, min(calls, self.BUFFER // max(1, n * len(self.gens)))) if exact else 1
+        self.buf, self.used = None, 0
 
     def __call__(self):
-        return torch.stack([torch.randn(self.shape, generator=g, device=self.device) for g in self.gens])
+        if self.buf is None or self.used == self.chunk:
+            self.buf = torch.stack([torch.randn((self.chunk, *self.shape), generator=g, device=self.device)
+                                    for g in self.gens])
+            self.used = 0
+        self.used += 1
+        return self.buf[:, self.used - 1]
 
 
 def timesteps_for(sched, steps, spacing="uniform"):

@@ -48,6 +48,11 @@ class Schedule:
         self.post_logvar = torch.log(torch.cat([self.post_var[1:2], self.post_var[1:]]) if self.T > 1 else self.betas)
         self.post_coef_x0 = self.betas * self.abar_prev.sqrt() / (1 - self.abar)
         self.post_coef_xt = (1 - self.abar_prev) * self.alphas.sqrt() / (1 - self.abar)
+        # What a step reads, by name: computed once in float64, kept as float32 on each device that asks (_at).
+        self.tables = {"snr": self.abar / (1 - self.abar), "alpha": self.abar.sqrt(), "sigma": (1 - self.abar).sqrt(),
+                       "post_coef_x0": self.post_coef_x0, "post_coef_xt": self.post_coef_xt,
+                       "post_logvar": self.post_logvar, "log_beta": torch.log(self.betas)}
+        self._on_device = {}
 
     @classmethod
     def make(cls, kind="linear", T=1000):
@@ -63,18 +68,20 @@ class Schedule:
 
     def snr(self, t=None):
         """SNR(t) = ᾱ_t / (1 − ᾱ_t)."""
-        snr = self.abar / (1 - self.abar)
-        return snr if t is None else self._at(snr, t, t)
+        return self.tables["snr"] if t is None else self._at("snr", t, t)
 
-    def _at(self, table, t, like):
-        """table[t] as float32 on `like`'s device, shaped to broadcast over it. Indexed where t lives:
-        reading t back to the host would stall a GPU every step."""
-        col = table.to(t.device)[t].to(device=like.device, dtype=torch.float32)
-        return col.view(-1, *([1] * (like.dim() - 1)))
+    def _at(self, name, t, like):
+        """Table `name` at t as float32 on `like`'s device, shaped to broadcast over it. Indexed where t lives, in a
+        copy of the table made on that device the first time: a training step neither reads t back to the host nor
+        copies a table to the device, either of which would stall a GPU every step."""
+        key = (name, t.device)
+        if key not in self._on_device:
+            self._on_device[key] = self.tables[name].to(device=t.device, dtype=torch.float32)
+        return self._on_device[key][t].to(like.device).view(-1, *([1] * (like.dim() - 1)))
 
     def alpha_sigma(self, t, like):
         """(√ᾱ_t, √(1 − ᾱ_t)): x_t = alpha x_0 + sigma ε."""
-        return self._at(self.abar.sqrt(), t, like), self._at((1 - self.abar).sqrt(), t, like)
+        return self._at("alpha", t, like), self._at("sigma", t, like)
 
     def q_sample(self, x0, t, noise):
         """x_t ~ q(x_t | x_0), Ho et al. eq. 4."""
@@ -83,8 +90,8 @@ class Schedule:
 
     def posterior(self, x0, xt, t):
         """Mean and log-variance of q(x_{t-1} | x_t, x_0), Ho et al. eq. 7."""
-        mean = self._at(self.post_coef_x0, t, xt) * x0 + self._at(self.post_coef_xt, t, xt) * xt
-        return mean, self._at(self.post_logvar, t, xt)
+        mean = self._at("post_coef_x0", t, xt) * x0 + self._at("post_coef_xt", t, xt) * xt
+        return mean, self._at("post_logvar", t, xt)
 
     # What the network predicts, and back. v = √ᾱ ε − √(1−ᾱ) x0 (Salimans & Ho 2022, sec. 4).
     def target(self, pred, x0, noise, t):
@@ -116,7 +123,7 @@ class Schedule:
     def learned_logvar(self, var_out, t, like):
         """Learned variance (Nichol & Dhariwal eq. 15): var_out in [-1, 1] interpolates log β_t and log β̃_t."""
         frac = (var_out + 1) / 2
-        return frac * self._at(torch.log(self.betas), t, like) + (1 - frac) * self._at(self.post_logvar, t, like)
+        return frac * self._at("log_beta", t, like) + (1 - frac) * self._at("post_logvar", t, like)
 
 
 def zoom_degrade(x, s, mode="nearest"):

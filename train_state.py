@@ -18,7 +18,8 @@ def ema_decay(images_seen, batch, halflife_kimg, rampup):
     images min(1000 halflife_kimg, rampup · images_seen) (Karras et al. 2022, EDM, training_loop.py):
     the average always spans the same share of a short run, and a fixed number of images of a long one.
     images_seen may be a tensor on the device (no host sync) or a number."""
-    halflife = torch.as_tensor(images_seen * rampup if rampup > 0 else float("inf"), dtype=torch.float64)
+    seen = torch.as_tensor(images_seen, dtype=torch.float64)  # where images_seen lives
+    halflife = seen * rampup if rampup > 0 else torch.full_like(seen, float("inf"))
     return 0.5 ** (batch / halflife.clamp(min=1e-8, max=1000 * halflife_kimg))
 
 
@@ -37,11 +38,8 @@ class TrainState:
     def __init__(self, model, args, device, precision):
         self.model, self.device, self.precision, self.args = model, device, precision, args
 
-        def ema_update(ema_params, params, n_averaged):  # all parameters in two foreach kernels
-            d = ema_decay((n_averaged + 1) * args.batch, args.batch, args.ema_halflife_kimg, args.ema_rampup)
-            torch._foreach_mul_(ema_params, d.to(ema_params[0].dtype))
-            torch._foreach_add_(ema_params, torch._foreach_mul(params, (1 - d).to(ema_params[0].dtype)))
-        self.ema = AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+        # The EMA's container (its state dict and .module); update_ema averages into it, with its counter on the device.
+        self.ema = AveragedModel(model, device=device, use_buffers=True)
         self.opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
         self.progress = 0.0  # the share of the budget done, set by the loop (a step late) for the lr's cool-down
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
@@ -63,9 +61,22 @@ class TrainState:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.lr_sched.step()
-        self.ema.update_parameters(self.model)
+        self.update_ema()
         self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
         return losses.detach(), level.detach()
+
+    @torch.no_grad()
+    def update_ema(self):
+        """ema ← ema + w (θ − ema) over parameters and buffers in one foreach kernel, w = 1 − β (ema_decay), and 1 at
+        the first update, which copies. Nothing is read back to the host (AveragedModel.update_parameters asks
+        `n_averaged == 0` on the host every step, a stall on a GPU)."""
+        a, n = self.args, self.ema.n_averaged
+        avg = [*self.ema.module.parameters(), *self.ema.module.buffers()]
+        cur = [p.detach() for p in (*self.model.parameters(), *self.model.buffers())]
+        d = ema_decay((n + 1) * a.batch, a.batch, a.ema_halflife_kimg, a.ema_rampup)
+        w = torch.where(n == 0, 1.0, 1 - d).to(avg[0].dtype)
+        torch._foreach_lerp_(avg, cur, [w] * len(avg))
+        n += 1
 
     def ema_decay_now(self):
         a = self.args

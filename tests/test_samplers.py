@@ -82,7 +82,7 @@ def gaussian_denoiser(sched, s2):
     """The exact denoiser for data N(0, s2): E[x0 | x_t] = α s2 x_t / (α² s2 + σ²)."""
     def d(x, t):
         tt = torch.full((x.shape[0],), int(t))
-        a, sg = sched._at(sched.abar.sqrt(), tt, x), sched._at((1 - sched.abar).sqrt(), tt, x)
+        a, sg = sched.alpha_sigma(tt, x)
         x0 = a * s2 * x / (a * a * s2 + sg * sg)
         return x0, (x - a * x0) / sg, None
     return d

@@ -264,7 +264,7 @@ def test_ema_in_the_train_state_follows_its_decay():
     for k in range(1, 8):
         with torch.no_grad():
             net.weight.fill_(float(k))
-        state.ema.update_parameters(net)
+        state.update_ema()
         state.step = k
         d = ema_decay(k * 4, 4, 0.01, 0.5).item()
         want = float(k) if k == 1 else d * want + (1 - d) * k
