@@ -79,7 +79,9 @@ def base_parser(description, student=False):
                    help="images in each sample grid (under torchrun write --num-samples: torchrun claims --n)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
     g.add_argument("--ckpt", default=None, help="with --resume: the checkpoint to continue (default <out>/ckpt.pt)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for CUDA, off on CPU, where compiling takes minutes and "
+                        "gained nothing beyond the noise; a failed compile trains eager, said in one line)")
     g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
                    help="auto: on for CUDA; off on CPU, where GroupNorm in bf16 channels_last is several times slower")
     return p

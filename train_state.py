@@ -6,10 +6,15 @@ from torch.optim.swa_utils import AveragedModel
 from machine import autocast
 
 
-def make_optimizer(name, params, lr, weight_decay):
+FUSED = ("adam", "adamw")  # optimisers with a fused CUDA kernel: one launch for every parameter
+
+
+def make_optimizer(name, params, lr, weight_decay, device):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "nadam": torch.optim.NAdam}[name]
+    if device.type == "cuda" and name in FUSED:
+        return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
     return cls(params, lr=lr, weight_decay=weight_decay, foreach=True)  # foreach: one kernel per op, CPU too
 
 
@@ -40,7 +45,7 @@ class TrainState:
 
         # The EMA's container (its state dict and .module); update_ema averages into it, with its counter on the device.
         self.ema = AveragedModel(model, device=device, use_buffers=True)
-        self.opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
+        self.opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay, device)
         self.progress = 0.0  # the share of the budget done, set by the loop (a step late) for the lr's cool-down
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, args.warmup, self.progress, args.cooldown))

@@ -25,7 +25,7 @@ from nn_unet import PRESETS, build_unet, describe_unet
 from runs import (LossMeter, Interrupt, RunFolder, Stopper, checkpoint_to_resume, claim_run_dir, data_fingerprint,
                   lock_run_dir, release_run_dir, run_under_torchrun)
 from train_args import parse_args
-from train_state import TrainState
+from train_state import FUSED, TrainState
 
 
 def train(objective, argv=None):
@@ -56,6 +56,7 @@ def _train(objective, args, typed):
 def _loop(run, objective, args, world, rank):
     state, data, device = run.state, run.data, run.device
     fwd = torch.compile(run.net) if args.compile else run.net
+    eager_fallback = args.compile  # until the first compiled step has run
     images, labels = data.images.to(device), data.labels.to(device)
     n_batches = len(data) // args.batch  # drop the last partial batch: every step has the global batch
     part = slice(rank * args.batch // world, (rank + 1) * args.batch // world)
@@ -73,7 +74,20 @@ def _loop(run, objective, args, world, rank):
             while state.batch_in_epoch < n_batches and stop is None:
                 idx = perm[state.batch_in_epoch * args.batch:(state.batch_in_epoch + 1) * args.batch]
                 x0 = augment_batch(to_model(images[idx]), data.augment, state.gen).contiguous(memory_format=run.mem)
-                meter.add(*state.train_step(fwd, objective, x0, labels[idx] if args.cond else None, part))
+                y = labels[idx] if args.cond else None
+                if eager_fallback:  # compiling happens at the first call; where it fails, train eager instead
+                    rng = state.gen.get_state()
+                    try:
+                        meter.add(*state.train_step(fwd, objective, x0, y, part))
+                    except Exception as e:  # noqa: BLE001 - any compiler failure; the step reruns eager
+                        run.log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+                                f"training without it (--no-compile skips the attempt)")
+                        state.gen.set_state(rng)
+                        fwd = run.net
+                        meter.add(*state.train_step(fwd, objective, x0, y, part))
+                    eager_fallback = False
+                else:
+                    meter.add(*state.train_step(fwd, objective, x0, y, part))
                 bar.update(1)
                 log_step = state.step % args.log_every == 0
                 stop, diverged = stopper.check(state.step, meter.nonfinite, log_step)
@@ -154,6 +168,10 @@ class Run:
             held.append(lock_run_dir(args.out))
         _check_flags(args, world, None)
         precision = resolve_precision(args.precision, device)
+        if args.compile is None:  # on a GPU it pays; on a CPU it measured within noise and costs minutes to compile
+            args.compile = device.type == "cuda"
+        log(f"torch.compile {'on' if args.compile else 'off'} ({'--compile' if 'compile' in typed else 'the default for ' + device.type}), "
+            f"{'fused' if device.type == 'cuda' and args.optimizer in FUSED else 'foreach'} {args.optimizer}")
         args.lr = PRESETS[args.preset]["lr"] if args.lr is None else args.lr
         data = data_from_args(args)
         args.size = data.size

@@ -89,3 +89,22 @@ def test_per_image_noise_drawn_once_per_run_is_the_noise_drawn_per_step(shape):
     for _ in range(6):  # 2 more than planned
         want = torch.stack([torch.randn(shape, generator=g) for g in gens])
         assert torch.equal(planned(), want)
+
+
+def test_a_compile_that_fails_trains_eager_with_one_line_and_the_same_weights(tmp_path, monkeypatch):
+    """--compile whose compiler fails at the first step: one line says so, and the run is the eager run's, step for
+    step (the failed attempt's random draws are given back)."""
+    from helpers import TINY, run_here
+
+    def broken_compile(net, *a, **k):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no compiler here\nsecond line")
+        return fail
+    flags = [*TINY, "--size", "16", "--steps", "3", "--sample-every", "0"]
+    run_here("train_ddpm.py", *flags, "--out", str(tmp_path / "eager"))
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    code, log = run_here("train_ddpm.py", *flags, "--compile", "--out", str(tmp_path / "fallback"))
+    assert "torch.compile failed (RuntimeError: no compiler here); training without it" in log
+    assert "torch.compile on (--compile)" in log
+    a, b = (torch.load(tmp_path / r / "ckpt.pt", weights_only=True) for r in ("eager", "fallback"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
