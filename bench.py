@@ -213,6 +213,10 @@ def main():
                    help="batch for the sampling row (default: sample.py's for the device)")
     p.add_argument("--cards", default=None, metavar="FILE",
                    help="also append each measured row as a speed card (one JSON line) to FILE, for plots.py results")
+    p.add_argument("--report", action="store_true",
+                   help="the device report instead of the table: train_ddpm.py's own step at the default and the best "
+                        "batch, TFLOP/s against the matmul peak, host reads per step, eager against compiled, 1,000 "
+                        "samples, one DDP process (bench_report.py); with --quick, tiny settings")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row in this process
     args = p.parse_args()
     if args.row:
@@ -244,6 +248,8 @@ def bench(args):
     set_threads()
     setup_device(device)
     print(describe(device, precisions[0]) + f"; torch {torch.__version__}")
+    if args.report:
+        return device_report(args, device)
     where = dict(provenance(device), torch=torch.__version__)
     peaks = {q: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[q], device)
              for q in precisions}
@@ -292,6 +298,19 @@ def bench(args):
         for e in res["e2e"]:
             ratio = e["seconds"] / e["nfe_seconds"]
             print(f"| {e['sampler']} | {e['steps']} | {e['seconds']:.1f} | {e['n']:,} | {ratio:.2f} |")
+
+
+def device_report(args, device):
+    """`--report`: bench_report's rows as a table, and its card appended to --cards."""
+    from bench_report import report
+    seconds = args.seconds or (1.0 if args.quick else 5.0)
+    rows, card = report(device, args.quick, seconds, 8 if args.quick else 1000, timer, matmul_peak)
+    print("\n| measured | value |\n|---|---|")
+    for what, value in rows:
+        print(f"| {what} | {value} |")
+    if args.cards:
+        with open(args.cards, "a") as f:
+            f.write(json.dumps(dict(type="report", **card, **provenance(device), torch=torch.__version__)) + "\n")
 
 
 if __name__ == "__main__":

@@ -108,3 +108,15 @@ def test_a_compile_that_fails_trains_eager_with_one_line_and_the_same_weights(tm
     assert "torch.compile on (--compile)" in log
     a, b = (torch.load(tmp_path / r / "ckpt.pt", weights_only=True) for r in ("eager", "fallback"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_the_device_report_runs_and_writes_its_card(tmp_path):
+    """bench.py --report on tiny settings: every row, no host reads per step, and a card with the same figures."""
+    import json
+    from helpers import run_here
+    code, log = run_here("bench.py", "--report", "--quick", "--seconds", "0.2", "--cards", str(tmp_path / "r.jsonl"))
+    for row in ("matmul peak", "best batch", "% of peak", "host reads and device copies per step | 0.0",
+                "8 samples", "DDP, 1 process (gloo)"):
+        assert row in log, (row, log[-1500:])
+    card = json.loads(open(tmp_path / "r.jsonl").read())
+    assert card["type"] == "report" and card["stalls_per_step"] == 0 and card["img_s_best"] > 0 and card["machine"]
