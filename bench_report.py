@@ -5,7 +5,6 @@ compiled, the time of 1,000 samples with the default sampler, and one DDP proces
 import argparse
 import os
 import statistics
-import time
 
 import torch
 import torch.distributed as dist
