@@ -57,6 +57,11 @@ student's. It learns from the teacher's ODE trajectories at the --sample-steps l
                        help="network calls per image the student is trained for and samples with by default: progress "
                             "grids, sample.py, fid.py (default 4)")
         p.set_defaults(warmup=0)  # the weights are trained already; Adam's first steps are small anyway
+        for action in p._actions:  # the shared flags whose defaults a student takes elsewhere
+            action.help = {"lr": "learning rate (default: a fifth of the teacher's)",
+                           "cooldown": "decay the lr linearly to 0 over this last share of the budget (default 0)",
+                           "ema_rampup": "the EMA half-life is at most this share of the images seen (default 0.1)"
+                           }.get(action.dest, action.help)
 
     def defaults(self, known):
         if known.teacher is None:  # on --resume the checkpoint holds them

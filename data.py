@@ -255,7 +255,7 @@ def load_data(name, root=None, size=None, split="train", folds=None, download=Fa
 
 
 def add_data_args(p):
-    p.add_argument("--data", default="maps", help=f"dataset: {', '.join(DATASETS)} (default maps, generated offline)")
+    p.add_argument("--data", default="maps", help=f"dataset: {', '.join(DATASETS)} (default %(default)s; maps is generated offline)")
     p.add_argument("--data-root", default="data", help="where real datasets live / download to (default ./data)")
     p.add_argument("--size", type=POSITIVE_INT, default=None, help="image size (default: the dataset's own, e.g. 28 for mnist)")
     p.add_argument("--folds", default=None, help="coffee only: comma-separated training folds, e.g. 1,2,3 "

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 # feature maps no larger than `attn_res`, and `patch_from`: images this large or larger enter
 # as `patch` x `patch` patches (pixel unshuffle; 2 unless set), so with 2 a 64 px image costs what a
 # 32 px one does. On a CPU the full-resolution 3x3 convs of a 64 px UNet take most of the time and buy
-# little; 4x4 patches train in a third of the time per image but came out grainy (README).
+# little; 4x4 patches train in a third of the time per image but came out grainy (docs/defaults.md).
 PRESETS = {
     "tiny": dict(ch=16, mults=(1, 2), blocks=1, attn_res=8, dropout=0.0, patch_from=64, lr=1e-3),
     "small": dict(ch=32, mults=(1, 2, 2), blocks=2, attn_res=8, dropout=0.0, patch_from=64, lr=1e-3),

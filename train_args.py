@@ -14,16 +14,17 @@ def add_model_args(g):
     """The data's augmentation and the network: what a distilled student takes from its teacher."""
     g.add_argument("--preset", default="small", choices=list(PRESETS), help="UNet size (default small)")
     g.add_argument("--ch", type=POSITIVE_INT, default=None,
-                   help="override the preset's base width (default: the preset's, or recipes.py's for --data)")
+                   help="override the preset's base width (default: the preset's)")
     g.add_argument("--blocks", type=POSITIVE_INT, default=None,
-                   help="override the preset's res blocks per level (default: the preset's, or recipes.py's for --data)")
+                   help="override the preset's res blocks per level (default: the preset's; train_ddpm.py --data mnist on a "
+                        "CPU without fast bf16: 1, recipes.py)")
     g.add_argument("--mults", type=number_list(POSITIVE_INT, ordered=True), default=None,
                    help="override the preset's width multipliers, one per resolution level (e.g. 1,2,2,4)")
     g.add_argument("--patch", type=POSITIVE_INT, default=None,
                    help="every image enters the network as P x P patches (1: none; default: the preset's, 2 for 64 px "
                         "images and larger, so a 64 px image costs what a 32 px one does)")
     g.add_argument("--cond", action=argparse.BooleanOptionalAction, default=False,
-                   help="class-conditional (labelled data), label drop for CFG (default: off; on for mnist, see recipes.py)")
+                   help="class-conditional (labelled data), label drop for CFG (default: off; train_ddpm.py turns it on for mnist: recipes.py)")
     g.add_argument("--label-drop", type=FRACTION, default=0.1, help="with --cond: share of labels replaced by null")
     g.add_argument("--augment", default="auto", choices=("auto", *AUGMENTS),
                    help="random augmentation of each training image (auto: the dataset's own: flips, 90° turns for "
@@ -54,15 +55,15 @@ def base_parser(description, student=False):
     g.add_argument("--warmup", type=NONNEG_INT, default=100, help="linear lr warm-up steps (default %(default)s)")
     g.add_argument("--cooldown", type=FRACTION, default=0.0,
                    help="decay the lr linearly to 0 over this last share of the budget (of --steps/--epochs, or of "
-                        "this session's --minutes): warm-up, stable, decay (0: constant lr; default 0, 0.3 for mnist "
-                        "and coffee: recipes.py)")
+                        "this session's --minutes): warm-up, stable, decay (0: constant lr; default 0; train_ddpm.py: 0.3 "
+                        "for mnist and coffee, recipes.py)")
     g.add_argument("--grad-clip", type=NONNEG, default=1.0, help="max grad norm (0: off; default 1)")
     g.add_argument("--ema-halflife-kimg", type=POSITIVE, default=50.0,
                    help="EMA half-life in thousands of training images (default 50)")
     g.add_argument("--ema-rampup", type=FRACTION, default=0.1,
                    help="the EMA half-life is at most this share of the images seen so far, so a short run averages "
-                        "its last tenth rather than its start (0: off; default 0.1, 0.03 for mnist and coffee: "
-                        "recipes.py)")
+                        "its last tenth rather than its start (0: off; default 0.1; train_ddpm.py: 0.03 for mnist and "
+                        "coffee, recipes.py)")
     g = p.add_argument_group("budget and outputs")
     g.add_argument("--epochs", type=POSITIVE_INT, default=None)
     g.add_argument("--steps", type=POSITIVE_INT, default=None, help="total optimiser steps")
