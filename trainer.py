@@ -53,6 +53,25 @@ def _train(objective, args, typed):
             release_run_dir(fd)
 
 
+def _step(run, meter, fwd, objective, x0, y, part, eager_fallback):
+    """One training step; the forward to use from now on. A compiled forward compiles at its first call: where that
+    fails, the step reruns eager with the same random draws, and training goes on eager."""
+    state = run.state
+    if not eager_fallback:
+        meter.add(*state.train_step(fwd, objective, x0, y, part))
+        return fwd
+    rng = state.gen.get_state()
+    try:
+        meter.add(*state.train_step(fwd, objective, x0, y, part))
+        return fwd
+    except Exception as e:  # noqa: BLE001 - any compiler failure
+        run.log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); training without it "
+                f"(--no-compile skips the attempt)")
+        state.gen.set_state(rng)
+        meter.add(*state.train_step(run.net, objective, x0, y, part))
+        return run.net
+
+
 def _loop(run, objective, args, world, rank):
     state, data, device = run.state, run.data, run.device
     fwd = torch.compile(run.net) if args.compile else run.net
@@ -74,20 +93,8 @@ def _loop(run, objective, args, world, rank):
             while state.batch_in_epoch < n_batches and stop is None:
                 idx = perm[state.batch_in_epoch * args.batch:(state.batch_in_epoch + 1) * args.batch]
                 x0 = augment_batch(to_model(images[idx]), data.augment, state.gen).contiguous(memory_format=run.mem)
-                y = labels[idx] if args.cond else None
-                if eager_fallback:  # compiling happens at the first call; where it fails, train eager instead
-                    rng = state.gen.get_state()
-                    try:
-                        meter.add(*state.train_step(fwd, objective, x0, y, part))
-                    except Exception as e:  # noqa: BLE001 - any compiler failure; the step reruns eager
-                        run.log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
-                                f"training without it (--no-compile skips the attempt)")
-                        state.gen.set_state(rng)
-                        fwd = run.net
-                        meter.add(*state.train_step(fwd, objective, x0, y, part))
-                    eager_fallback = False
-                else:
-                    meter.add(*state.train_step(fwd, objective, x0, y, part))
+                fwd = _step(run, meter, fwd, objective, x0, labels[idx] if args.cond else None, part, eager_fallback)
+                eager_fallback = False
                 bar.update(1)
                 log_step = state.step % args.log_every == 0
                 stop, diverged = stopper.check(state.step, meter.nonfinite, log_step)
