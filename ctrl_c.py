@@ -7,8 +7,8 @@ import sys
 
 
 def _quit(_signum, _frame):
-    print("\ninterrupted", file=sys.stderr)
-    sys.exit(130)
+    print("\ninterrupted", file=sys.stderr, flush=True)
+    os._exit(130)  # at once: an import that catches every exception would swallow SystemExit, and nothing is written yet
 
 
 _main = getattr(sys.modules.get("__main__"), "__file__", None) or ""

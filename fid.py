@@ -14,7 +14,8 @@ of the samples, its entropy / log K, the share of confident samples, the Incepti
 logits, and grids of the most and least confident ones). The FID Inception weights end at pool3, so
 there is no Inception Score on them: the card says so. Generated images are quantised to uint8 before
 scoring, like saved PNGs. Every score is appended as a card (one JSON line) to scores.jsonl in the run folder (or --out);
-images generated from a checkpoint are kept beside it first (samples_LABEL.npz, for --samples).
+images generated from a checkpoint are kept beside it first (samples_LABEL.npz, for --samples), and each sample's
+own scores beside them (scores_LABEL.npz: realism, confidence, class; plots.py goodbad draws the best and worst).
 """
 import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
@@ -36,7 +37,8 @@ from generate import SAMPLE_BATCH, SAMPLE_BATCH_CUDA
 from imagefiles import read_samples
 from inception_check import PYTORCH_FID_FILE, check_inception
 from machine import describe, provenance, resolve_precision, set_threads, setup_device
-from metrics import COLOUR_GAP_NOTE, channel_stats, colour_gap, min_images
+from goodbad import keep_scores, scores_path
+from metrics import COLOUR_GAP_NOTE, PR_K, channel_stats, colour_gap, min_images
 from scoring import confidence_grids, copies, copies_reference, keep_samples, one_line, score, table
 from sweeps import checkpoint_jobs, plan_jobs
 
@@ -256,6 +258,7 @@ def _main(args):
     rows = []
     where = provenance(device)  # machine, date, commit and this command, on every card
     for label, images, card, out in make(device, precision):
+        gen_labels, per = card.pop("gen_labels", None), {}  # each sample's scores, kept beside the samples
         if args.ckpt:  # generated images outlive a scoring cut short: re-score them with --samples
             card = dict(card, samples=keep_samples(images, out, label),
                         ref_is_training_set=ref_is_training_set(ref, card["train"]["args"]))
@@ -272,6 +275,7 @@ def _main(args):
             print(f"note: {ref}: {COLOUR_GAP_NOTE}")
         if "copies" in metrics:
             card.update(copies(images, real[size], train_ref, args.data_root, out, label, d_real=heldout_dist[size]))
+        kept = card.get("samples") or args.samples  # no file of --floor's images: no scores file
         for name in names:
             if name not in extractors:
                 extractors[name] = Classifier(ref, args.data_root, size, channels, args.cache_dir, device)
@@ -279,7 +283,11 @@ def _main(args):
             t0 = time.time()
             feats_ref, logits_ref, n_ref, _ = ref_features(ext, ref, args.data_root, size, args.n_ref, args.cache_dir)
             t1 = time.time()
-            values, stats = score(images, feats_ref, logits_ref, ext, metrics)
+            values, per_sample = score(images, feats_ref, logits_ref, ext, metrics)
+            per.update(per_sample)
+            if kept:  # rewritten whole after each extractor: it holds every extractor's scores so far
+                card["per_sample"] = keep_scores(scores_path(kept, out), images, per, gen_labels, ref=ref, n_ref=n_ref,
+                                                 k=PR_K)
             full = dict(time=datetime.datetime.now().isoformat(timespec="seconds"), **values, extractor=name, **where,
                         extractor_sha256=ext.sha256, resize=ext.resize, n=len(images), n_ref=n_ref, ref=ref, **card,
                         score_seconds=round(time.time() - t1, 1), ref_seconds=round(t1 - t0, 1))
@@ -289,8 +297,8 @@ def _main(args):
             os.makedirs(out, exist_ok=True)
             with open(os.path.join(out, "scores.jsonl"), "a") as f:
                 f.write(json.dumps(full) + "\n")
-            if stats is not None:
-                full["grids"] = confidence_grids(images, stats["top_prob"], out, label)
+            if "confidence" in per_sample:
+                full["grids"] = confidence_grids(images, torch.as_tensor(per_sample["confidence"]), out, label)
             rows.append((label, full))
             print(one_line(label, full) + f"  -> {out}/scores.jsonl")
     print(table(rows))

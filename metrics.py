@@ -58,6 +58,14 @@ def _kth_radius(f, k, chunk=2048):
     return torch.cat(out)
 
 
+PR_K = 3  # the k of precision/recall's k-NN balls, and of the realism score on them (the paper's)
+
+
+def knn_radii(real, k=PR_K):
+    """Each real feature row's k-NN radius (_kth_radius) as float32: the balls of precision_recall and realism."""
+    return _kth_radius(torch.as_tensor(np.asarray(real), dtype=torch.float32), k)
+
+
 def _inside_any(query, centres, radii, chunk=2048):
     hits = []
     for i in range(0, len(query), chunk):
@@ -65,21 +73,43 @@ def _inside_any(query, centres, radii, chunk=2048):
     return torch.cat(hits).float().mean().item()
 
 
-def precision_recall(real, fake, k=3):
+def precision_recall(real, fake, k=PR_K, real_radii=None):
     """Improved precision and recall (Kynkaanniemi et al. 2019): precision = share of fakes inside the
-    union of the reals' k-NN balls; recall = share of reals inside the fakes' balls."""
+    union of the reals' k-NN balls; recall = share of reals inside the fakes' balls. real_radii: the reals'
+    _kth_radius(real, k), where already computed (realism uses the same balls)."""
     real, fake = (torch.as_tensor(np.asarray(f), dtype=torch.float32) for f in (real, fake))
     if min(len(real), len(fake)) <= k:
         raise ValueError(f"precision/recall needs more than k={k} samples in each set")
-    precision = _inside_any(fake, real, _kth_radius(real, k))
+    precision = _inside_any(fake, real, _kth_radius(real, k) if real_radii is None else real_radii)
     recall = _inside_any(real, fake, _kth_radius(fake, k))
     return precision, recall
 
 
+def realism(real, fake, k=PR_K, real_radii=None, chunk=2048):
+    """Each fake's realism score (Kynkaanniemi et al. 2019, sec. 5): R(phi_g) = max_i r_i / ||phi_g - phi_r,i||,
+    where r_i = ||phi_r,i - NN_k(phi_r,i)|| is real i's k-NN radius, the ball precision/recall use (same
+    features, same k, same _kth_radius). As in the paper, only the half of the reals with the smallest radii
+    enter the max (radii above their median are dropped, as the authors' code does with clamp_to_percentile=50):
+    an outlier's large ball would otherwise make any nearby sample look real. R >= 1 iff the sample lies inside
+    at least one kept ball; R = 2: within half its radius of some kept real; R = 0.5: at least two of its
+    radii from every kept real. A distance of 0 (the sample is a kept real) is clamped to 1e-8. Returns a
+    float32 tensor of len(fake); real_radii: _kth_radius(real, k), where already computed."""
+    real, fake = (torch.as_tensor(np.asarray(f), dtype=torch.float32) for f in (real, fake))
+    if len(real) <= k:
+        raise ValueError(f"the realism score needs more than k={k} real samples")
+    radii = _kth_radius(real, k) if real_radii is None else torch.as_tensor(real_radii, dtype=torch.float32)
+    kept = radii <= torch.quantile(radii.double(), 0.5).float()  # the paper's pruning: the smaller half
+    centres, r = real[kept], radii[kept]
+    out = [(r[None] / torch.cdist(fake[i:i + chunk], centres).clamp_min(1e-8)).max(1).values
+           for i in range(0, len(fake), chunk)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def class_stats(logits, confident=0.9):
     """Class histogram of the argmax, its entropy / log K (1 = uniform), the share of samples whose top
-    softmax probability is >= `confident`, each sample's top probability, and the Inception-Score
-    formula on these logits, exp E_x KL(p(y|x) || p(y)) (between 1 and K; K = confident and uniform)."""
+    softmax probability is >= `confident`, each sample's top probability and class (top_prob, top_class), and
+    the Inception-Score formula on these logits, exp E_x KL(p(y|x) || p(y)) (between 1 and K; K = confident and
+    uniform)."""
     p = torch.as_tensor(np.asarray(logits), dtype=torch.float64).softmax(1)
     kl = (p * (p.clamp_min(1e-300).log() - p.mean(0, keepdim=True).log())).sum(1)
     top, pred = p.max(1)
@@ -89,7 +119,7 @@ def class_stats(logits, confident=0.9):
     entropy = float(-(nz * nz.log()).sum() / np.log(k))
     return dict(histogram=[round(float(h), 4) for h in hist], entropy_ratio=entropy,
                 confident_share=float((top >= confident).double().mean()), score_is=float(kl.mean().exp()),
-                top_prob=top.float())
+                top_prob=top.float(), top_class=pred)
 
 
 def channel_stats(u8):

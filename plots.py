@@ -6,7 +6,8 @@
     python plots.py scores runs/a/scores.jsonl --x nfe --out fid_vs_nfe.png   # or --x step: FID vs training
     python plots.py levels runs/a/levels.jsonl --out levels.png   # x̂0 error per noise level (levels.py)
     python plots.py pixels --ckpt runs/zoom_nearest_mnist28/ckpt.pt --out pixels.png  # final-state pixel histogram
-    python plots.py results results/*.jsonl > RESULTS.md          # the results page, from score cards
+    python plots.py goodbad --samples RUN/samples_LABEL.npz --by realism --k 32 --out sheet.png  # best/worst samples
+    python plots.py results results/*.jsonl --out RESULTS.md     # RESULTS.md and results/ALL.md, from score cards
 
 Reverse progressions (x_t and the predicted x0 along sampling) come from `sample.py --progression`;
 the most and least confident samples from `fid.py --extractor classifier`.
@@ -213,6 +214,14 @@ def plot_levels(args):
     return levels_figure(cards)
 
 
+def plot_goodbad(args):
+    from goodbad import goodbad_figure, read_scores
+    if args.scores and len(args.scores) != len(args.samples):
+        raise UserError(f"--scores: give one scores file per --samples file ({len(args.samples)}), or none")
+    sets = [(s, *read_scores(s, (args.scores or [None] * len(args.samples))[i])) for i, s in enumerate(args.samples)]
+    return goodbad_figure(sets, args.by, args.k, args.per_class)
+
+
 def plot_pixels(args):
     """The histogram of final-state pixels stored in a zoom checkpoint."""
     from checkpoint import load_checkpoint
@@ -250,11 +259,25 @@ def main():
     s.add_argument("files", nargs="+", help="levels.py's levels.jsonl files")
     s = sub.add_parser("pixels")
     s.add_argument("--ckpt", required=True)
+    s = sub.add_parser("goodbad", help="the best and the worst samples by a per-sample score (fid.py's scores files)")
+    s.add_argument("--samples", nargs="+", required=True, help="samples file(s) fid.py scored (samples_LABEL.npz; "
+                   "several, e.g. one per zoom --start: rows per file)")
+    s.add_argument("--scores", nargs="+", default=None, help="their scores files (default: scores_LABEL.npz beside each)")
+    s.add_argument("--by", default="realism", help="realism (Inception's where it ran), realism_inception, "
+                   "realism_classifier, confidence or label_prob (the probability of the class asked for)")
+    s.add_argument("--k", type=POSITIVE_INT, default=None, help="tiles per side: 32 in rows of 8, or 8 per row when rows "
+                   "are per class or per file")
+    s.add_argument("--per-class", action=argparse.BooleanOptionalAction, default=None,
+                   help="one row per class: the label a conditional model was asked for, else the classifier's "
+                        "(default: whenever the scores know classes)")
     for s in sub.choices.values():
         s.add_argument("--out", required=True, help="the figure file (.png, .pdf, .svg)")
         s.add_argument("--seed", type=NONNEG_INT, default=0)
-    s = sub.add_parser("results", help="print the results page (markdown) made from score cards")
+    s = sub.add_parser("results", help="the results pages (markdown) made from score cards")
     s.add_argument("files", nargs="+", help="score cards: fid.py's scores.jsonl, levels.py's levels.jsonl, bench.py --cards")
+    s.add_argument("--out", default=None, help="write the short page (the best run of each method and budget per "
+                   "dataset) to this file and every card's row to results/ALL.md beside it; without it, every card's "
+                   "row is printed")
     args = p.parse_args()
     run_cli(lambda: _main(args))
 
@@ -282,8 +305,12 @@ def check_out(path):
 def _main(args):
     from data import DataError
     if args.figure == "results":
-        from results_page import results_page
-        print(results_page(args.files))
+        from results_page import results_page, write_pages
+        if args.out:
+            for path in write_pages(args.files, args.out):
+                print(f"wrote {path}")
+        else:
+            print(results_page(args.files))
         return
     check_out(args.out)
     try:

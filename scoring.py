@@ -1,6 +1,7 @@
-"""What fid.py does with a set of images once it has them: the scores against reference features, the
-memorisation check against the training images, the grids of the most and least confident samples,
-the samples kept for re-scoring, and the score card's one-line and table forms."""
+"""What fid.py does with a set of images once it has them: the scores against reference features (and each
+sample's own, which goodbad.py keeps beside the samples), the memorisation check against the training images,
+the grids of the most and least confident samples, the samples kept for re-scoring, and the score card's
+one-line and table forms."""
 import functools
 import os
 
@@ -10,25 +11,36 @@ from torchvision.utils import save_image
 
 from cli import UserError
 from features import load_ref_data, parse_ref
-from metrics import class_stats, copy_stats, frechet_distance, kid, mean_cov, nearest_distance, precision_recall
+from metrics import (PR_K, class_stats, copy_stats, frechet_distance, kid, knn_radii, mean_cov, nearest_distance,
+                     precision_recall, realism)
 
 
 def score(images, feats_ref, logits_ref, extractor, metrics, progress=True):
+    """(the set's scores for the card, each sample's scores): realism_NAME (metrics.realism in this extractor's
+    features, against the reference's precision/recall balls; left out when the reference has no more than PR_K
+    images) and, where the extractor has logits, confidence (top softmax probability), class (its argmax) and probs
+    (every class's probability)."""
     feats, logits = extractor(images, progress)
-    out = {}
+    out, per = {}, {}
     if "fid" in metrics:
         out["fd"] = frechet_distance(*mean_cov(feats), *mean_cov(feats_ref))
     if "kid" in metrics:
         out["kid"], out["kid_std"] = kid(feats, feats_ref)
+    radii = knn_radii(feats_ref) if len(feats_ref) > PR_K else None  # one k-NN pass for both
     if "pr" in metrics:
-        out["precision"], out["recall"] = precision_recall(feats_ref, feats)
-    stats = None
+        out["precision"], out["recall"] = precision_recall(feats_ref, feats, PR_K, radii)
+    if radii is not None:
+        per[f"realism_{extractor.name}"] = realism(feats_ref, feats, PR_K, radii).numpy()
     if logits is not None:
         stats = class_stats(logits)
-        out.update({k: v for k, v in stats.items() if k != "top_prob"})
+        out.update({k: v for k, v in stats.items() if k not in ("top_prob", "top_class")})
+        per.update(confidence=stats["top_prob"].numpy(), probs=torch.as_tensor(logits).float().softmax(1).numpy(),
+                   **{"class": stats["top_class"].numpy()})
+        if getattr(extractor, "class_names", None):
+            per["class_names"] = np.asarray(extractor.class_names, dtype=str)
     else:  # said plainly in every card rather than left out silently
         out["score_is"] = "n/a: these weights end at pool3 (no class logits); the classifier extractor gives IS"
-    return out, stats
+    return out, per
 
 
 @functools.lru_cache(maxsize=2)
@@ -70,7 +82,7 @@ def copies(images, heldout, train_ref, root, out, label, k=32, d_real=None):
 
 
 def confidence_grids(images, top_prob, out, label, k=64):
-    """The k most and k least confident samples."""
+    """The k most and k least confident samples (plots.py goodbad draws them with their scores and classes)."""
     order = torch.argsort(top_prob, descending=True)
     paths = []
     for name, idx in (("most", order[:k]), ("least", order.flip(0)[:k])):

@@ -109,6 +109,8 @@ def checkpoint_jobs(args, device, precision, plan, inits):
                     train_minutes=round(ck["train_seconds"] / 60, 2) if "train_seconds" in ck else None,
                     labels="every class in turn" if labels is not None else "unconditional",
                     ema=not args.raw, seed=args.seed, gen_seconds=round(gen_s, 1), **info)
+        if labels is not None:  # the class each sample was drawn for: fid.py keeps it in scores_LABEL.npz, not the card
+            card["gen_labels"] = (labels, ck.get("class_names"))
         yield label, to_uint8(x), card, job["out"]
 
 
