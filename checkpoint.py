@@ -78,19 +78,13 @@ def _check_weights(ck, path):
 
 
 def model_from_checkpoint(ck, ema=True, device="cpu"):
-    """The network with EMA weights (default) or raw weights, in eval mode."""
-    try:
-        model = unet_from_config(ck["model_config"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"the checkpoint's network settings do not build a network ({str(e).splitlines()[0][:100]})")
+    """The network with EMA weights (default) or raw weights, in eval mode, of a checkpoint load_checkpoint read
+    (which checked that the weights fit the network settings)."""
+    model = unet_from_config(ck["model_config"])
     state = ck["model"]
     if ema and ck.get("ema"):
         state = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"the checkpoint's weights do not fit its network settings ({str(e).splitlines()[0][:100]}); "
-                        f"use the ckpt.pt a training run wrote")
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 

@@ -107,10 +107,9 @@ def _main(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     cks = [load_checkpoint(path, kind="ddpm") for path in args.ckpt]
-    for ck in cks:  # every level, Gaussian and network checked before any work
+    for ck in cks:  # every level and Gaussian checked before any work (load_checkpoint checked the weights)
         [level_of(schedule_of(ck), snr) for snr in args.snrs]
         data_gaussian(ck)
-        model_from_checkpoint(ck, ema=not args.raw and bool(ck.get("ema")))
     ref = args.ref or default_ref(cks[0])
     refs, images = {}, []
     for path, ck in zip(args.ckpt, cks):  # --ref read and checked against every checkpoint before the first card

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
-from checkpoint import data_gaussian, load_checkpoint, model_from_checkpoint, schedule_of
+from checkpoint import data_gaussian, load_checkpoint, schedule_of
 from cli import UserError
 from data import to_uint8
 from features import load_ref_data, parse_ref
@@ -42,7 +42,6 @@ def plan_jobs(args):
         size, channels = ck["args"]["size"], ck["model_config"]["in_ch"]
         if args.init and size not in inits:
             inits[size] = init_images(args, ck)
-        model_from_checkpoint(ck, ema=not args.raw)  # weights that do not fit their network: refused now
         sched = None if zoom else schedule_of(ck)
         jobs = [(None, s, None) for s in (args.start or "bank").split(",")] if zoom else \
             [(st, None, snr) for st in steps for snr in init_snrs]
