@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from cli import NONNEG_INT, POSITIVE, POSITIVE_INT, Parser, UserError, run_cli
 from machine import provenance, set_threads
-from augment import augment_batch
+from augment import DRAWS, augment_batch
 from data import add_data_args, data_from_args, to_uint8
 
 
@@ -68,8 +68,9 @@ def _main(args):
     bar = tqdm(desc="lucidrains GaussianDiffusion", unit="step")
     while time.time() - t0 < 60 * args.minutes:
         idx = torch.randint(0, len(data), (args.batch,), generator=gen)
-        x = augment_batch(data.images[idx], data.augment, gen)  # our per-dataset flips (none for digits)
-        loss = diffusion(x.float() / 255)  # it maps [0, 1] to [-1, 1] itself
+        u = torch.rand(len(idx), DRAWS[data.augment], generator=gen)
+        x = augment_batch(data.images[idx].float() / 255, data.augment, u)  # our per-dataset flips (none for digits)
+        loss = diffusion(x)  # it maps [0, 1] to [-1, 1] itself
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(diffusion.parameters(), 1.0)

@@ -1,5 +1,6 @@
 """Training-time augmentation of a batch in [-1, 1]: flips, 90° rotations and random resized crops, per
-sample, drawn from one generator so that a seed replays them. Which one a dataset takes is decided in
+sample, from uniform numbers the caller draws (so that a seed replays them, and a DDP rank augments only its own
+samples). Which one a dataset takes is decided in
 data.py (ImageData.augment; never a flip for digits); trainer.py's --augment overrides it."""
 import math
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 AUGMENTS = ("none", "flip", "flip_rot90", "crop_flip")
+DRAWS = {"none": 0, "flip": 1, "flip_rot90": 3, "crop_flip": 5}  # uniform numbers per sample
 
 
 def random_resized_crop(x, u, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -23,17 +25,16 @@ def random_resized_crop(x, u, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def augment_batch(x, kind, gen):
+def augment_batch(x, kind, u):
     """Random flips (and 90° rotations for overhead imagery; random resized crops for photos, against
-    memorising a few hundred of them) on a batch, per sample, with gen."""
+    memorising a few hundred of them) on a batch, per sample; u: (B, DRAWS[kind]) uniform numbers."""
     if kind == "none":
         return x
-    b = x.shape[0]
-    r = torch.rand(b, 3 if kind != "crop_flip" else 5, generator=gen, device=gen.device).to(x.device)
+    u = u.to(x.device)
     if kind == "crop_flip":
-        x = random_resized_crop(x, r[:, 1:].to(x.dtype))
-    x = torch.where((r[:, 0] < 0.5)[:, None, None, None], x.flip(-1), x)
+        x = random_resized_crop(x, u[:, 1:].to(x.dtype))
+    x = torch.where((u[:, 0] < 0.5)[:, None, None, None], x.flip(-1), x)
     if kind == "flip_rot90":
-        x = torch.where((r[:, 1] < 0.5)[:, None, None, None], x.flip(-2), x)
-        x = torch.where((r[:, 2] < 0.5)[:, None, None, None], x.transpose(-1, -2), x)  # with flips: all 8 symmetries
+        x = torch.where((u[:, 1] < 0.5)[:, None, None, None], x.flip(-2), x)
+        x = torch.where((u[:, 2] < 0.5)[:, None, None, None], x.transpose(-1, -2), x)  # with flips: all 8 symmetries
     return x

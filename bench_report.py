@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from data import to_model
 from generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate_ddpm
-from machine import ddp_backend, resolve_precision, setup_device
+from machine import ddp_backend, memory_format, resolve_precision, setup_device
 from nn_unet import PRESETS, build_unet
 from objectives import DDPM
 from terrain import terrain_tiles
@@ -52,15 +52,16 @@ class Trainer:
         self.objective = DDPM()
         self.objective.setup(args, data)
         torch.manual_seed(0)
-        self.model = build_unet(preset, 3, size).to(device)
+        mem = memory_format("auto", device)  # as train_ddpm.py's default
+        self.model = build_unet(preset, 3, size).to(device, memory_format=mem)
         self.net = torch.nn.parallel.DistributedDataParallel(self.model) if ddp else self.model
         self.fwd = torch.compile(self.net) if compile_ else self.net
         self.state = TrainState(self.model, args, device, precision)
-        self.x0 = to_model(images[torch.arange(batch) % len(images)]).to(device)
+        self.x0 = to_model(images[torch.arange(batch) % len(images)]).to(device, memory_format=mem)
         self.device, self.batch = device, batch
 
     def step(self):
-        return self.state.train_step(self.fwd, self.objective, self.x0, None, slice(None))
+        return self.state.train_step(self.fwd, self.objective, self.x0, None, self.state.draws())
 
     def img_per_s(self, seconds, now):
         for _ in range(3):

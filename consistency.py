@@ -138,12 +138,11 @@ student's. It learns from the teacher's ODE trajectories at the --sample-steps l
             targets.append((xs[k - 1] - ratio * xs[k]) / (alpha[k - 1] - ratio * alpha[k]))
         return torch.cat(xs), t, torch.cat(targets)
 
-    def loss(self, model, x0, y, gen, part):
+    def loss(self, model, x0, y, draws):
         """len(levels) points per trajectory: a batch of b trains on b / len(levels) trajectories."""
-        b, k = x0.shape[0], len(self.levels)
-        z = torch.randn((b,) + x0.shape[1:], generator=gen, device=gen.device).to(x0.device)[part]
-        if y is not None:
-            y = drop_labels(y, b, gen, self.args.label_drop, self.num_classes)[part]
+        k = len(self.levels)
+        z = draws.normal(x0.shape).to(x0.device)
+        y = drop_labels(y, draws, self.args.label_drop, self.num_classes)
         m = -(-len(z) // k)
         xt, t, target = self.ode_pairs(z[:m], None if y is None else y[:m])
         n = len(z)  # the batch's size

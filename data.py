@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from augment import AUGMENTS, augment_batch
+from augment import AUGMENTS, DRAWS, augment_batch
 from cli import NONNEG_INT, POSITIVE_INT, Parser
 from imagefiles import DataError, IMAGE_EXTS, decode_files, download_zip, resize_uint8
 from terrain import MAP_CLASSES, terrain_tiles
@@ -307,7 +307,8 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(data), generator=gen)[:64]
     save_image(x[idx], os.path.join(out, "grid_original.png"), nrow=8, padding=1)
-    aug = augment_batch(x[idx[:8]].repeat_interleave(8, 0) * 2 - 1, args.augment or data.augment, gen)
+    kind = args.augment or data.augment
+    aug = augment_batch(x[idx[:8]].repeat_interleave(8, 0) * 2 - 1, kind, torch.rand(64, DRAWS[kind], generator=gen))
     save_image(aug * 0.5 + 0.5, os.path.join(out, "grid_augmented.png"), nrow=8, padding=1)
     print(f"wrote {out}/grid_original.png and {out}/grid_augmented.png (each row: one image, 8 augmentations)")
 

@@ -117,6 +117,12 @@ def setup_device(device):
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv once
 
 
+def memory_format(choice, device):
+    """channels_last ('auto': on CUDA; not on a CPU, where GroupNorm in bf16 channels_last is slower) or not."""
+    on = choice == "on" or (choice == "auto" and device.type == "cuda")
+    return torch.channels_last if on else torch.contiguous_format
+
+
 def ddp_backend(device):
     """gloo on CPU; on CUDA nccl for device tensors with gloo beside it for any CPU-side collective."""
     return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"

@@ -38,9 +38,9 @@ class Objective(Protocol):
     def setup(self, args, data) -> dict:
         """Check its flags against the data, prepare; return the UNet options it needs."""
 
-    def loss(self, model, x0, y, gen, part) -> tuple:
-        """Per-sample losses of this rank's `part` of the global batch, and each sample's noise level in
-        [0, 1) (for the per-quartile log). Every random draw comes from `gen`, for the whole global batch."""
+    def loss(self, model, x0, y, draws) -> tuple:
+        """Per-sample losses of this rank's samples x0 (labels y or None), and each sample's noise level in
+        [0, 1) (for the per-quartile log). Every random draw comes from `draws` (train_state.StepDraws)."""
 
     def sample(self, model, n, labels, device, seed) -> torch.Tensor:
         """n images in [-1, 1] for the progress grids."""
@@ -51,22 +51,19 @@ class Objective(Protocol):
     def load_state(self, state) -> None: ...
 
 
-def drop_labels(y, b, gen, p, null):
-    """Classifier-free guidance's label dropout: each of the b labels becomes the null class with
-    probability p (Ho & Salimans 2022), drawn from gen for the whole global batch."""
-    drop = torch.rand(b, generator=gen, device=gen.device).to(y.device) < p
-    return torch.where(drop, torch.full_like(y, null), y)
+def drop_labels(y, draws, p, null):
+    """Classifier-free guidance's label dropout: each label becomes the null class with probability p
+    (Ho & Salimans 2022). None stays None."""
+    if y is None:
+        return None
+    return torch.where(draws.uniform().to(y.device) < p, torch.full_like(y, null), y)
 
 
-def draw_batch(x0, y, gen, part, lo, hi, label_drop, null):
-    """A noise level in [lo, hi) and Gaussian noise per image, and the label drop, all drawn from gen for the
-    whole global batch (so K ranks draw what one process would); this rank's `part`: (t, x0, noise, y)."""
-    b = x0.shape[0]
-    t = torch.randint(lo, hi, (b,), generator=gen, device=gen.device)
-    noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
-    if y is not None:
-        y = drop_labels(y, b, gen, label_drop, null)[part]
-    return t[part].to(x0.device), x0[part], noise[part], y
+def draw_batch(x0, y, draws, lo, hi, label_drop, null):
+    """A noise level in [lo, hi) and Gaussian noise per image, and the label drop: (t, noise, y)."""
+    t = draws.integers(lo, hi).to(x0.device)
+    noise = draws.normal(x0.shape).to(x0.device)
+    return t, noise, drop_labels(y, draws, label_drop, null)
 
 
 class DDPM(Objective):
@@ -105,9 +102,9 @@ the mean stopped in L_vlb). See losses.py.
         self.gauss = fit_gaussian(data.images, data.labels, self.num_classes, components=mix)
         return dict(learn_sigma=args.learn_sigma)
 
-    def loss(self, model, x0, y, gen, part):
+    def loss(self, model, x0, y, draws):
         args, sched = self.args, self.sched
-        t, x0, noise, y = draw_batch(x0, y, gen, part, 0, sched.T, args.label_drop, self.num_classes)
+        t, noise, y = draw_batch(x0, y, draws, 0, sched.T, args.label_drop, self.num_classes)
         xt = sched.q_sample(x0, t, noise)
         out = model(xt, t, y).float()
         loss = diffusion_loss(sched, out, x0, xt, noise, t, args.pred, args.min_snr, args.learn_sigma)
@@ -163,12 +160,9 @@ size; the restorer R(D(x0, s), s) learns x0. Sampling walks s = T..1 from a star
         args.mode = self.mode
         return {}
 
-    def loss(self, model, x0, y, gen, part):
-        b = x0.shape[0]
-        s = torch.randint(1, self.T + 1, (b,), generator=gen, device=gen.device)
-        if y is not None:
-            y = drop_labels(y, b, gen, self.args.label_drop, self.num_classes)[part]
-        s, x0 = s[part].to(x0.device), x0[part]
+    def loss(self, model, x0, y, draws):
+        s = draws.integers(1, self.T + 1).to(x0.device)
+        y = drop_labels(y, draws, self.args.label_drop, self.num_classes)
         pred = model(zoom_degrade(x0, s, self.mode), s, y).float()
         return restoration_loss(pred, x0, self.args.loss), (s.float() - 1) / self.T
 

@@ -20,6 +20,7 @@ from checkpoint import load_checkpoint, removed_settings, save_atomic
 from cli import UserError
 from data import DataError, data_from_args, to_model
 from machine import autocast
+from train_state import StepDraws
 
 # Flags that define the model and the data: on --resume they come from the checkpoint.
 # The data's path is not among them: a moved dataset resumes, checked by its content (data_fingerprint).
@@ -214,11 +215,13 @@ class RunFolder:
         untouched): over-fitting shows here."""
         if self.heldout is None:
             return
-        g = torch.Generator(device=device).manual_seed(12345)
+        g, noise_g = torch.Generator(device=device).manual_seed(12345), torch.Generator(device=device)
         total = 0.0
         with autocast(device, precision):
             for i in range(0, len(self.heldout), 128):
-                total += objective.loss(model, self.heldout[i:i + 128].to(device), None, g, slice(None))[0].float().sum().item()
+                x0 = self.heldout[i:i + 128].to(device)
+                draws = StepDraws(g, noise_g, 12345, i, len(x0))
+                total += objective.loss(model, x0, None, draws)[0].float().sum().item()
         path = os.path.join(self.out, "heldout.csv")
         new = not os.path.exists(path)
         with open(path, "a") as f:

@@ -1,5 +1,8 @@
 """What training changes, and how: the optimiser, the EMA (EDM's growing half-life), the lr schedule (warm-up,
-stable, linear decay) and TrainState, which owns them with the random generator and the position in the data."""
+stable, linear decay) and TrainState, which owns them with the random generator and the position in the data;
+StepDraws, one step's random draws."""
+import hashlib
+
 import torch
 from torch.optim.swa_utils import AveragedModel
 
@@ -35,6 +38,35 @@ def lr_factor(step, warmup, progress, cooldown):
     return f * min(1.0, max(0.0, 1 - progress) / cooldown) if cooldown > 0 else f
 
 
+def seed_of(*parts):
+    """A 63-bit generator seed from a tuple of numbers, the same on every machine and Python."""
+    key = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(key, "little") >> 1
+
+
+class StepDraws:
+    """One training step's random draws for this rank's `part` of a global batch of b. Per-sample numbers (noise
+    levels, flips, label drops) are drawn for the whole global batch from `gen` and sliced: a few numbers. Image-sized
+    noise is drawn for this rank's samples only, sample j's from `noise_gen` seeded by (seed, step, j). Either way K
+    ranks draw what one process with the same global batch would, and a resumed run what the uninterrupted one did."""
+
+    def __init__(self, gen, noise_gen, seed, step, b, part=slice(None)):
+        self.gen, self.noise_gen, self.seed, self.step, self.b, self.part = gen, noise_gen, seed, step, b, part
+
+    def uniform(self, *cols):
+        return torch.rand((self.b, *cols), generator=self.gen, device=self.gen.device)[self.part]
+
+    def integers(self, lo, hi):
+        return torch.randint(lo, hi, (self.b,), generator=self.gen, device=self.gen.device)[self.part]
+
+    def normal(self, shape):
+        """Gaussian noise of `shape`, a row per sample of this rank's part; seeding is a host-side call, no transfer."""
+        out = torch.empty(shape, device=self.noise_gen.device)
+        for row, j in zip(out, range(self.b)[self.part]):
+            row.normal_(generator=self.noise_gen.manual_seed(seed_of(self.seed, self.step, j)))
+        return out
+
+
 class TrainState:
     """Everything training changes, with state_dict()/load_state_dict() for bit-for-bit resume: the
     model and its EMA, the optimiser, the lr schedule (linear warm-up), the fp16 grad scaler, the random
@@ -51,13 +83,19 @@ class TrainState:
             self.opt, lambda s: lr_factor(s, args.warmup, self.progress, args.cooldown))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.gen = torch.Generator(device=device).manual_seed(args.seed)
+        self.noise_gen = torch.Generator(device=device)  # seeded per sample and step by StepDraws
         self.step = self.epoch = self.batch_in_epoch = 0
         self.seconds = 0.0  # training time so far, over every session of the run
 
-    def train_step(self, net, objective, x0, y, part):
-        """One optimiser step on the global batch x0 (this rank's `part` of it); the per-sample losses."""
+    def draws(self, part=slice(None)):
+        """This step's random draws for this rank's `part` of the global batch."""
+        return StepDraws(self.gen, self.noise_gen, self.args.seed, self.step, self.args.batch, part)
+
+    def train_step(self, net, objective, x0, y, draws):
+        """One optimiser step on this rank's samples x0, labels y (None: unconditional) with the step's `draws`;
+        the per-sample losses."""
         with autocast(self.device, self.precision):
-            losses, level = objective.loss(net, x0, y, self.gen, part)
+            losses, level = objective.loss(net, x0, y, draws)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(losses.mean()).backward()
         if self.args.grad_clip > 0:

@@ -3,10 +3,12 @@
 An objective (objectives.py) supplies the loss and the progress-grid sampler; a TrainState owns
 everything training changes; runs.py keeps the run folder, the budget and the signals.
 
-Randomness: the data order of epoch e is a permutation seeded by (seed, e); every other random
-draw (augmentation, t, noise, label drop) comes from one generator whose state is checkpointed,
-so a resumed run continues bit for bit. Under DDP each rank draws the randoms of the whole global
-batch and keeps its own slice, so K ranks compute what one process with the same global batch would.
+Randomness: the data order of epoch e is a permutation seeded by (seed, e); per-sample numbers
+(augmentation, t, label drop) come from one generator whose state is checkpointed, and sample j's noise
+at step s from a generator seeded by (seed, s, j) (train_state.StepDraws), so a resumed run continues
+bit for bit. Under DDP each rank gathers, augments and noises only its own slice of the global batch,
+with the images, levels and noise one process with the same global batch would use; dropout's masks
+are each rank's own (seeded by rank and step at the start of a session).
 """
 import os
 import sys
@@ -18,14 +20,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cli import UserError, resolve_device, run_cli
-from augment import augment_batch
+from augment import DRAWS, augment_batch
 from data import data_from_args, to_model
-from machine import ddp_backend, describe, provenance, resolve_precision, set_threads, setup_device
+from machine import ddp_backend, describe, memory_format, provenance, resolve_precision, set_threads, setup_device
 from nn_unet import PRESETS, build_unet, describe_unet
 from runs import (LossMeter, Interrupt, RunFolder, Stopper, checkpoint_to_resume, claim_run_dir, data_fingerprint,
                   lock_run_dir, release_run_dir, run_under_torchrun)
 from train_args import parse_args
-from train_state import FUSED, TrainState
+from train_state import FUSED, TrainState, seed_of
 
 
 def train(objective, argv=None):
@@ -53,22 +55,22 @@ def _train(objective, args, typed):
             release_run_dir(fd)
 
 
-def _step(run, meter, fwd, objective, x0, y, part, eager_fallback):
+def _step(run, meter, fwd, objective, x0, y, draws, eager_fallback):
     """One training step; the forward to use from now on. A compiled forward compiles at its first call: where that
     fails, the step reruns eager with the same random draws, and training goes on eager."""
     state = run.state
     if not eager_fallback:
-        meter.add(*state.train_step(fwd, objective, x0, y, part))
+        meter.add(*state.train_step(fwd, objective, x0, y, draws))
         return fwd
     rng = state.gen.get_state()
     try:
-        meter.add(*state.train_step(fwd, objective, x0, y, part))
+        meter.add(*state.train_step(fwd, objective, x0, y, draws))
         return fwd
     except Exception as e:  # noqa: BLE001 - any compiler failure
         run.log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); training without it "
                 f"(--no-compile skips the attempt)")
         state.gen.set_state(rng)
-        meter.add(*state.train_step(run.net, objective, x0, y, part))
+        meter.add(*state.train_step(run.net, objective, x0, y, draws))
         return run.net
 
 
@@ -86,14 +88,18 @@ def _loop(run, objective, args, world, rank):
     stop, last_ckpt = None, time.time()
     keep_at = [m for m in args.keep_at_minutes if 60 * m > state.seconds]
     state.model.train()
+    if world > 1:  # dropout's masks: the ranks share a seed, and would drop the same units for their samples
+        torch.manual_seed(seed_of(args.seed, "dropout", rank, state.step))
     try:
         while stop is None:
             perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed * 1_000_003 + state.epoch))
             perm = perm.to(device)
             while state.batch_in_epoch < n_batches and stop is None:
-                idx = perm[state.batch_in_epoch * args.batch:(state.batch_in_epoch + 1) * args.batch]
-                x0 = augment_batch(to_model(images[idx]), data.augment, state.gen).contiguous(memory_format=run.mem)
-                fwd = _step(run, meter, fwd, objective, x0, labels[idx] if args.cond else None, part, eager_fallback)
+                idx = perm[state.batch_in_epoch * args.batch:(state.batch_in_epoch + 1) * args.batch][part]
+                draws = state.draws(part)
+                x0 = augment_batch(to_model(images[idx]), data.augment, draws.uniform(DRAWS[data.augment]))
+                x0 = x0.contiguous(memory_format=run.mem)
+                fwd = _step(run, meter, fwd, objective, x0, labels[idx] if args.cond else None, draws, eager_fallback)
                 eager_fallback = False
                 bar.update(1)
                 log_step = state.step % args.log_every == 0
@@ -203,7 +209,10 @@ class Run:
             args.out = claim_run_dir(objective.run_name, args) if rank == 0 else None
             if rank == 0:
                 held.append(lock_run_dir(args.out))
-        log(describe(device, precision) + f", {world} process(es)")
+        log(describe(device, precision) + f", {world} process(es) of {args.batch // world} images a step")
+        if device.type == "cuda" and args.batch // world < 128:
+            log(f"(a batch of {args.batch // world} leaves a GPU waiting on Python: --batch is the global batch; "
+                f"`python bench.py --report --device {device}` times larger ones)")
         log(f"{objective.kind}: {args.data} {len(data)} images {data.channels}x{data.size}x{data.size}, "
             f"{'%d classes' % data.num_classes if args.cond else 'unconditional'}")
         torch.manual_seed(args.seed)  # the initial weights, and dropout's draws
@@ -218,8 +227,7 @@ class Run:
     def __init__(self, objective, args, model, data, device, precision, world, rank, resume_ck, fingerprint, log):
         self.objective, self.args, self.data, self.device, self.precision = objective, args, data, device, precision
         self.world, self.fingerprint, self.log = world, fingerprint, log
-        use_cl = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
-        self.mem = torch.channels_last if use_cl else torch.contiguous_format
+        self.mem = memory_format(args.channels_last, device)
         self.model = model.to(memory_format=self.mem)
         self.state = TrainState(self.model, args, device, precision)
         if resume_ck is not None:

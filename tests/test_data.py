@@ -34,9 +34,9 @@ def test_data_stats_cli(tmp_path):
 def test_random_resized_crop_is_torchs_crop_then_resize():
     """A crop of a quarter of the area is torch's own slice of the image, resized back with F.interpolate (inside
     the crop's one-pixel rim, where grid_sample reads the pixels beyond the crop instead of repeating its edge);
-    the whole area is the image itself; crop_flip draws from the generator only, so a seed replays it."""
+    the whole area is the image itself; each sample's augmentation depends only on its own numbers."""
     import torch.nn.functional as F
-    from augment import augment_batch, random_resized_crop
+    from augment import DRAWS, augment_batch, random_resized_crop
     x = torch.rand(2, 3, 32, 32)
     u = lambda *v: torch.tensor([list(v)] * 2)  # noqa: E731
     assert torch.allclose(random_resized_crop(x, u(1.0, 0.5, 0.3, 0.9), scale=(1, 1), ratio=(1, 1)), x, atol=1e-6)
@@ -47,8 +47,10 @@ def test_random_resized_crop_is_torchs_crop_then_resize():
     wide = random_resized_crop(x, u(0.0, 1.0, 0.5, 0.5), scale=(0.25, 1), ratio=(1, 4))  # 4:1 -> clipped to full width
     ref = F.interpolate(x[..., 12:20, :], size=(32, 32), mode="bilinear", align_corners=False)
     assert torch.allclose(wide[..., 2:-2, :], ref[..., 2:-2, :], atol=1e-5)  # 4x taller: a two-pixel rim
-    a = augment_batch(x, "crop_flip", torch.Generator().manual_seed(3))
-    assert torch.equal(a, augment_batch(x, "crop_flip", torch.Generator().manual_seed(3))) and not torch.equal(a, x)
+    for kind in ("flip", "flip_rot90", "crop_flip"):  # per sample: a DDP rank augments its own samples alone
+        v = torch.rand(2, DRAWS[kind], generator=torch.Generator().manual_seed(3))
+        a = augment_batch(x, kind, v)
+        assert not torch.equal(a, x) and torch.allclose(augment_batch(x[1:], kind, v[1:]), a[1:], atol=1e-6)
 
 def write_coffee_fixture(root, folds=((1, 4), (2, 2))):
     """The official layout: foldN.txt (CRLF here) + foldN/ JPEGs, a blank line, a stray Thumbs.db.

@@ -11,6 +11,7 @@ from helpers import one_line_error, run_here
 from nn_unet import build_unet
 from consistency import Consistency
 from train_args import parse_args
+from train_state import StepDraws
 
 DISTILL = ["--n", "4", "--log-every", "1", "--device", "cpu", "--ode-steps", "4"]
 
@@ -41,7 +42,7 @@ def test_a_student_starts_as_its_teacher_with_its_flags(ddpm_run):
     # The loss at the start of the curriculum, on the teacher's own weights: finite, per sample.
     gen = torch.Generator().manual_seed(0)
     x0 = torch.rand(4, data.channels, data.size, data.size) * 2 - 1
-    loss, level = obj.loss(model, x0, None, gen, slice(None))
+    loss, level = obj.loss(model, x0, None, StepDraws(gen, torch.Generator(), 0, 0, len(x0)))
     assert loss.shape == (4,) and torch.isfinite(loss).all() and (loss >= 0).all() and ((0 <= level) & (level < 1)).all()
 
 
@@ -102,7 +103,7 @@ def test_ode_target_is_the_teachers_own_trajectory(cond_run, tmp_path):
     assert not torch.allclose(xs[:3], xs[3:6])  # the levels are different points of the trajectory
     gen = torch.Generator().manual_seed(0)
     x0 = torch.zeros(8, data.channels, data.size, data.size)
-    loss, level = obj.loss(model, x0, torch.zeros(8, dtype=torch.long), gen, slice(None))
+    loss, level = obj.loss(model, x0, torch.zeros(8, dtype=torch.long), StepDraws(gen, torch.Generator(), 0, 0, 8))
     assert loss.shape == (8,) and torch.isfinite(loss).all() and sorted(set((level * 1000).round().tolist())) == [
         250, 500, 749, 999]
     out = tmp_path / "ode"

@@ -61,11 +61,11 @@ def test_a_training_step_reads_nothing_back_and_converts_no_table(kind, over):
     meter, stopper = LossMeter("cpu"), Stopper(100, None, None, 1, "cpu")
     x0, y = to_model(data.images[:8]), data.labels[:8] if args.cond else None
     for _ in range(2):  # the first steps build what stays: the schedule's tables, the optimiser's state
-        meter.add(*state.train_step(model, obj, x0, y, slice(None)))
+        meter.add(*state.train_step(model, obj, x0, y, state.draws()))
     steps = [s["step"] for s in state.opt.state.values()]
     with StepRecorder(steps) as rec:
         for _ in range(3):
-            meter.add(*state.train_step(model, obj, x0, y, slice(None)))
+            meter.add(*state.train_step(model, obj, x0, y, state.draws()))
             stopper.check(state.step, meter.nonfinite, log_step=False)
     assert not rec.found, rec.found[:5]
     assert state.ema.n_averaged.device == x0.device and int(state.ema.n_averaged) == 5
@@ -120,3 +120,22 @@ def test_the_device_report_runs_and_writes_its_card(tmp_path):
         assert row in log, (row, log[-1500:])
     card = json.loads(open(tmp_path / "r.jsonl").read())
     assert card["type"] == "report" and card["stalls_per_step"] == 0 and card["img_s_best"] > 0 and card["machine"]
+
+
+def test_ranks_draw_their_own_slices_of_what_one_process_draws():
+    """A DDP rank's draws for its part of the global batch are that part of one process's: per-sample numbers and
+    the noise (drawn for the part alone), with no rank drawing the others' noise."""
+    from train_state import StepDraws
+
+    def draws(part, b=6):
+        d = StepDraws(torch.Generator().manual_seed(5), torch.Generator(), 5, 7, b, part)
+        n = len(range(b)[part])
+        return d.uniform(3), d.integers(0, 1000), d.normal((n, 3, 8, 8))
+
+    whole = draws(slice(None))
+    for parts in ((slice(0, 3), slice(3, 6)), (slice(0, 2), slice(2, 4), slice(4, 6))):
+        got = [draws(p) for p in parts]
+        assert all(torch.equal(torch.cat([g[i] for g in got]), whole[i]) for i in range(3))
+    assert not torch.equal(whole[2][0], whole[2][1])  # each sample its own noise
+    later = StepDraws(torch.Generator().manual_seed(5), torch.Generator(), 5, 8, 6).normal((6, 3, 8, 8))
+    assert not torch.equal(later, whole[2])  # and each step

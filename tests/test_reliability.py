@@ -196,7 +196,7 @@ def test_machine_decides_precision_from_torchs_view_of_the_cpu(tmp_path):
     assert run("-c", probe)[1].split() == (["bf16"] if has_bf16 else ["fp32"])
     code, log = run("train_ddpm.py", *TINY, "--size", "16", "--steps", "1", "--sample-every", "0", "--n", "1",
                     "--out", str(tmp_path / "run"), env=as_avx2)
-    assert [line for line in log.splitlines() if line.startswith("machine: ")][0].endswith(", fp32, 1 process(es)")
+    assert [line for line in log.splitlines() if line.startswith("machine: ")][0].endswith(", fp32, 1 process(es) of 16 images a step")
     assert "torch runs AVX2 kernels" in log
     # a card must not pass a bf16 CPU held back by the environment off as an AVX2-only one
     assert ("held to it by ATEN_CPU_CAPABILITY" in log) == ("avx512_bf16" in flags or "amx_bf16" in flags)

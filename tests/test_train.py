@@ -11,6 +11,7 @@ from PIL import Image
 from helpers import HERE, TINY, one_line_error, run, run_here
 from nn_unet import build_unet
 from samplers import SAMPLERS
+from train_state import StepDraws
 
 
 @pytest.mark.parametrize("opts", [dict(pred="eps"), dict(pred="v", min_snr=5.0), dict(pred="x0", learn_sigma=True)])
@@ -30,7 +31,7 @@ def test_loss_falls_on_a_fixed_batch(opts):
     x0 = to_model(data.images)
 
     def loss_at(seed):
-        return obj.loss(m, x0, None, torch.Generator().manual_seed(seed), slice(None))[0].mean()
+        return obj.loss(m, x0, None, StepDraws(torch.Generator().manual_seed(seed), torch.Generator(), seed, 0, len(x0)))[0].mean()
 
     with torch.no_grad():
         before = loss_at(123).item()
@@ -179,15 +180,19 @@ finally:
 @pytest.mark.slow
 def test_ddp_two_processes_gloo_agree_at_log_steps_only(tmp_path):
     """Two ranks train the same replica, and talk outside DDP's own gradient all-reduce only at log steps
-    and the last step (a collective per step stalls a GPU), with tensors on the training device."""
+    and the last step (a collective per step stalls a GPU), with tensors on the training device; each rank draws
+    its own half of the global batch, so the run is one process's with the same seed (up to the all-reduce's
+    rounding)."""
     wrapper = tmp_path / "count_collectives.py"
     wrapper.write_text(COUNT_COLLECTIVES.format(here=HERE))
     args = [{"--n": "--num-samples"}.get(a, a) for a in TINY]  # torchrun's parser claims '--n' as a prefix
+    common = [*args, "--size", "16", "--steps", "8", "--log-every", "4", "--sample-every", "0", "--augment", "flip_rot90"]
     code, log = run("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(wrapper),
-                    *args, "--size", "16", "--steps", "8", "--log-every", "4", "--sample-every", "0",
-                    "--out", str(tmp_path / "ddp"), env={"COUNT_OUT": str(tmp_path / "calls")}, timeout=600)
+                    *common, "--out", str(tmp_path / "ddp"), env={"COUNT_OUT": str(tmp_path / "calls")}, timeout=600)
     assert "DDP check: parameters identical on all 2 ranks: True" in log, log[-3000:]
-    assert (tmp_path / "ddp" / "ckpt.pt").exists()
+    run("train_ddpm.py", *common, "--out", str(tmp_path / "one"))
+    two, one = (torch.load(tmp_path / d / "ckpt.pt", weights_only=False)["model"] for d in ("ddp", "one"))
+    assert all(torch.allclose(two[k], one[k], rtol=1e-3, atol=1e-5) for k in one)
     import json
     for rank in (0, 1):
         calls = json.loads((tmp_path / f"calls{rank}").read_text())
