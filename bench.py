@@ -19,6 +19,7 @@ images (20 with --quick), each against the time of its network calls alone.
 """
 import ctrl_c  # noqa: F401 (first: Ctrl-C during the imports below is one line too)
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -147,7 +148,7 @@ def run_row(row):
 
 OURS = [("tiny", 1, 28), ("small", 3, 32), ("small", 3, 64), ("medium", 3, 32), ("base", 3, 32)]  # model, channels, size
 QUICK = [("tiny", 1, 28), ("small", 3, 32)]
-ANCHORS = ("lucidrains-unet64", "diffusers-ddpm-cifar10")
+ANCHORS = {"lucidrains-unet64": "denoising_diffusion_pytorch", "diffusers-ddpm-cifar10": "diffusers"}  # their packages
 
 
 def names(flag, text, known, note=""):
@@ -161,6 +162,18 @@ def names(flag, text, known, note=""):
     if twice:
         raise UserError(f"{flag} {text} names {', '.join(twice)} twice; give each once")
     return given
+
+
+def _measure(row):
+    """One row timed in a fresh process (nothing left over from the rows before it)."""
+    package = ANCHORS.get(row["model"])
+    if package and importlib.util.find_spec(package) is None:
+        return {"skipped": f"not installed ({package})"}
+    r = subprocess.run([sys.executable, __file__, "--row", json.dumps(row)], capture_output=True, text=True)
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"skipped": f"failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:80]}"}
 
 
 def rows_for(args, precisions):
@@ -251,8 +264,8 @@ def bench(args):
     if args.report:
         return device_report(args, device)
     where = dict(provenance(device), torch=torch.__version__)
-    peaks = {q: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[q], device)
-             for q in precisions}
+    peaks = {q: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[q], device,
+                            n=1024 if args.quick else 2048) for q in precisions}
     print("matmul peaks: " + ", ".join(f"{q} {v:.2f} TFLOP/s" for q, v in peaks.items()))
     skipped = [q for q in PRECISIONS if q not in precisions and (q != "fp16" or device.type == "cuda")]
     for q in skipped:
@@ -265,11 +278,7 @@ def bench(args):
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     sample_rows = []
     for row in rows_for(args, precisions):
-        r = subprocess.run([sys.executable, __file__, "--row", json.dumps(row)], capture_output=True, text=True)
-        try:
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            res = {"skipped": f"failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:80]}"}
+        res = _measure(row)
         if args.cards and "skipped" not in res:
             with open(args.cards, "a") as f:
                 f.write(json.dumps(dict(type="speed", **row, **res, matmul_peak_tflops=peaks[row["precision"]], **where)) + "\n")

@@ -21,7 +21,7 @@ def test_kill_9_loop_never_leaves_a_broken_checkpoint(tmp_path):
     import time
     from checkpoint import load_checkpoint
     out = tmp_path / "run"
-    cmd = [sys.executable, "train_ddpm.py", *TINY, "--size", "16", "--steps", "300", "--ckpt-every", "0",
+    cmd = [sys.executable, "train_ddpm.py", *TINY, "--size", "16", "--steps", "150", "--ckpt-every", "0",
            "--sample-every", "0", "--out", str(out)]
     rng, steps, kills = random.Random(0), [], 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -41,8 +41,8 @@ def test_kill_9_loop_never_leaves_a_broken_checkpoint(tmp_path):
             steps.append(load_checkpoint(str(out / "ckpt.pt"))["step"])
     assert kills >= 3 and steps == sorted(steps) and steps[-1] > 0, (kills, steps)
     code, log = run(*cmd[1:], "--resume")
-    assert "stopped (steps) at step 300" in log and f"resumed {out} at step" in log
-    assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 300
+    assert "stopped (steps) at step 150" in log and f"resumed {out} at step" in log
+    assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 150
 
 
 def test_resume_with_contradicting_flags_and_unknown_names(tmp_path):
