@@ -61,8 +61,10 @@ class StepDraws:
 
     def normal(self, shape):
         """Gaussian noise of `shape`, a row per sample of this rank's part; seeding is a host-side call, no transfer."""
-        out = torch.empty(shape, device=self.noise_gen.device)
-        for row, j in zip(out, range(self.b)[self.part]):
+        out, samples = torch.empty(shape, device=self.noise_gen.device), range(self.b)[self.part]
+        if len(out) != len(samples):
+            raise ValueError(f"noise for {len(out)} samples asked, but this rank's part has {len(samples)}")
+        for row, j in zip(out, samples):
             row.normal_(generator=self.noise_gen.manual_seed(seed_of(self.seed, self.step, j)))
         return out
 

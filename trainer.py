@@ -181,9 +181,9 @@ class Run:
             held.append(lock_run_dir(args.out))
         _check_flags(args, world, None)
         precision = resolve_precision(args.precision, device)
-        if args.compile is None:  # on a GPU it pays; on a CPU it measured within noise and costs minutes to compile
+        if args.compile is None:  # a GPU waits on a step's many small kernels; on a CPU compiled steps were slower (docs/defaults.md)
             args.compile = device.type == "cuda"
-        log(f"torch.compile {'on' if args.compile else 'off'} ({'--compile' if 'compile' in typed else 'the default for ' + device.type}), "
+        log(f"torch.compile {'on' if args.compile else 'off'} ({('--compile' if args.compile else '--no-compile') if 'compile' in typed else 'the default for ' + device.type}), "
             f"{'fused' if device.type == 'cuda' and args.optimizer in FUSED else 'foreach'} {args.optimizer}")
         args.lr = PRESETS[args.preset]["lr"] if args.lr is None else args.lr
         data = data_from_args(args)
