@@ -1,7 +1,7 @@
 """Training-time augmentation of a batch in [-1, 1]: flips, 90° rotations and random resized crops, per
-sample, from uniform numbers the caller draws (so that a seed replays them, and a DDP rank augments only its own
-samples). Which one a dataset takes is decided in
-data.py (ImageData.augment; never a flip for digits); trainer.py's --augment overrides it."""
+sample, from uniform numbers the caller draws (a seed replays them; a DDP rank augments its own samples alone).
+Which one a dataset takes is decided in data.py (ImageData.augment; never a flip for digits); trainer.py's
+--augment overrides it."""
 import math
 
 import torch

@@ -140,12 +140,11 @@ student's. It learns from the teacher's ODE trajectories at the --sample-steps l
 
     def loss(self, model, x0, y, draws):
         """len(levels) points per trajectory: a batch of b trains on b / len(levels) trajectories."""
-        k = len(self.levels)
-        z = draws.normal(x0.shape).to(x0.device)
+        k, n = len(self.levels), len(x0)  # this rank's batch
+        m = -(-n // k)  # trajectories: its first m samples' (under DDP each rank its own)
+        z = draws.normal((m,) + x0.shape[1:], range(draws.b)[draws.part][:m]).to(x0.device)
         y = drop_labels(y, draws, self.args.label_drop, self.num_classes)
-        m = -(-len(z) // k)
-        xt, t, target = self.ode_pairs(z[:m], None if y is None else y[:m])
-        n = len(z)  # the batch's size
+        xt, t, target = self.ode_pairs(z, None if y is None else y[:m])
         yt = None if y is None else y[:m].repeat(k)[:n]
         return pseudo_huber(self.x0(model, xt[:n], t[:n], yt), target[:n], self.c), t[:n].float() / self.sched.T
 

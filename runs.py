@@ -220,7 +220,7 @@ class RunFolder:
         with autocast(device, precision):
             for i in range(0, len(self.heldout), 128):
                 x0 = self.heldout[i:i + 128].to(device)
-                draws = StepDraws(g, noise_g, 12345, i, len(x0))
+                draws = StepDraws(g, noise_g, 12345, i, len(x0))  # keyed by the chunk: the same noise at every log
                 total += objective.loss(model, x0, None, draws)[0].float().sum().item()
         path = os.path.join(self.out, "heldout.csv")
         new = not os.path.exists(path)

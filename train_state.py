@@ -52,6 +52,7 @@ class StepDraws:
 
     def __init__(self, gen, noise_gen, seed, step, b, part=slice(None)):
         self.gen, self.noise_gen, self.seed, self.step, self.b, self.part = gen, noise_gen, seed, step, b, part
+        self.calls = 0  # normal()'s calls this step: a second noise is not the first
 
     def uniform(self, *cols):
         return torch.rand((self.b, *cols), generator=self.gen, device=self.gen.device)[self.part]
@@ -59,20 +60,23 @@ class StepDraws:
     def integers(self, lo, hi):
         return torch.randint(lo, hi, (self.b,), generator=self.gen, device=self.gen.device)[self.part]
 
-    def normal(self, shape):
-        """Gaussian noise of `shape`, a row per sample of this rank's part; seeding is a host-side call, no transfer."""
-        out, samples = torch.empty(shape, device=self.noise_gen.device), range(self.b)[self.part]
+    def normal(self, shape, samples=None):
+        """Gaussian noise of `shape`, a row per sample of `samples` (global indices; default this rank's part);
+        seeding is a host-side call, no transfer."""
+        out, samples = torch.empty(shape, device=self.noise_gen.device), samples or range(self.b)[self.part]
         if len(out) != len(samples):
-            raise ValueError(f"noise for {len(out)} samples asked, but this rank's part has {len(samples)}")
+            raise ValueError(f"noise for {len(out)} samples asked, for {len(samples)} samples")
         for row, j in zip(out, samples):
-            row.normal_(generator=self.noise_gen.manual_seed(seed_of(self.seed, self.step, j)))
+            row.normal_(generator=self.noise_gen.manual_seed(seed_of(self.seed, self.step, self.calls, j)))
+        self.calls += 1
         return out
 
 
 class TrainState:
     """Everything training changes, with state_dict()/load_state_dict() for bit-for-bit resume: the
     model and its EMA, the optimiser, the lr schedule (linear warm-up), the fp16 grad scaler, the random
-    generator, and the position in the data (step, epoch, batch in epoch)."""
+    generator, and the position in the data (step, epoch, batch in epoch). The noise generator holds nothing
+    between steps: StepDraws seeds it per sample."""
 
     def __init__(self, model, args, device, precision):
         self.model, self.device, self.precision, self.args = model, device, precision, args

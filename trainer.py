@@ -7,8 +7,9 @@ Randomness: the data order of epoch e is a permutation seeded by (seed, e); per-
 (augmentation, t, label drop) come from one generator whose state is checkpointed, and sample j's noise
 at step s from a generator seeded by (seed, s, j) (train_state.StepDraws), so a resumed run continues
 bit for bit. Under DDP each rank gathers, augments and noises only its own slice of the global batch,
-with the images, levels and noise one process with the same global batch would use; dropout's masks
-are each rank's own (seeded by rank and step at the start of a session).
+with the images, levels and noise one process with the same global batch would use (distill.py's
+trajectories: the same distribution, each rank its own); dropout's masks are each rank's own, seeded
+by rank and step.
 """
 import os
 import sys
@@ -74,6 +75,12 @@ def _step(run, meter, fwd, objective, x0, y, draws, eager_fallback):
         return run.net
 
 
+def epoch_order(seed, epoch, n, device):
+    """The data order of an epoch, on the device; from pinned memory on CUDA, so the copy does not wait."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else perm
+
+
 def _loop(run, objective, args, world, rank):
     state, data, device = run.state, run.data, run.device
     fwd = torch.compile(run.net) if args.compile else run.net
@@ -88,13 +95,12 @@ def _loop(run, objective, args, world, rank):
     stop, last_ckpt = None, time.time()
     keep_at = [m for m in args.keep_at_minutes if 60 * m > state.seconds]
     state.model.train()
-    if world > 1:  # dropout's masks: the ranks share a seed, and would drop the same units for their samples
-        torch.manual_seed(seed_of(args.seed, "dropout", rank, state.step))
     try:
         while stop is None:
-            perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed * 1_000_003 + state.epoch))
-            perm = perm.to(device)
+            perm = epoch_order(args.seed, state.epoch, len(data), device)
             while state.batch_in_epoch < n_batches and stop is None:
+                if world > 1:  # dropout's masks: the ranks share a seed, and would drop the same units for their samples
+                    torch.manual_seed(seed_of(args.seed, "dropout", rank, state.step))
                 idx = perm[state.batch_in_epoch * args.batch:(state.batch_in_epoch + 1) * args.batch][part]
                 draws = state.draws(part)
                 x0 = augment_batch(to_model(images[idx]), data.augment, draws.uniform(DRAWS[data.augment]))
@@ -215,7 +221,7 @@ class Run:
                 f"`python bench.py --report --device {device}` times larger ones)")
         log(f"{objective.kind}: {args.data} {len(data)} images {data.channels}x{data.size}x{data.size}, "
             f"{'%d classes' % data.num_classes if args.cond else 'unconditional'}")
-        torch.manual_seed(args.seed)  # the initial weights, and dropout's draws
+        torch.manual_seed(args.seed)  # the initial weights, and dropout's draws in one process
         model = build_unet(args.preset, data.channels, data.size, num_classes=data.num_classes if args.cond else 0,
                            ch=args.ch, blocks=args.blocks, mults=args.mults,
                            **({} if args.patch is None else dict(patch_from=1, patch=args.patch)),

@@ -45,8 +45,9 @@ def test_torchrun_nccl_trains_and_resumes(tmp_path):
 @pytest.mark.parametrize("kind,over", [("ddpm", {}), ("ddpm", dict(pred="eps", learn_sigma=True, cond=True)),
                                        ("zoom", {})])
 def test_a_training_step_never_syncs_with_the_host(kind, over, compiled):
-    """The loop's step as trainer.py runs it (gather, augment, draws, forward, fused AdamW, EMA, loss meter, budget
-    check) under torch.cuda.set_sync_debug_mode("error"): any host read or blocking copy raises."""
+    """The loop's steps as trainer.py runs them (each epoch's order, gather, crop and flip, draws, channels_last
+    forward, fused AdamW, EMA, loss meter, budget check), over an epoch's end, under
+    torch.cuda.set_sync_debug_mode("error"): any host read or blocking copy raises."""
     import argparse
     from augment import DRAWS, augment_batch
     from data import to_model
@@ -54,33 +55,36 @@ def test_a_training_step_never_syncs_with_the_host(kind, over, compiled):
     from runs import LossMeter, Stopper
     from test_gpu_path import _objective
     from train_state import TrainState
-    device = torch.device("cuda", 0)
+    from trainer import epoch_order
+    device, mem = torch.device("cuda", 0), torch.channels_last
     obj, args, data, kw = _objective(kind, **over)
     targs = argparse.Namespace(batch=16, ema_halflife_kimg=50.0, ema_rampup=0.1, optimizer="adamw", lr=1e-3,
                                weight_decay=0.0, warmup=10, cooldown=0.3, seed=0, grad_clip=1.0)
     torch.manual_seed(0)
-    model = build_unet("tiny", 3, 16, num_classes=data.num_classes if args.cond else 0, **kw).to(device)
+    model = build_unet("tiny", 3, 16, num_classes=data.num_classes if args.cond else 0, **kw)
+    model = model.to(device, memory_format=mem)
     state = TrainState(model, targs, device, "bf16")
     fwd = torch.compile(model) if compiled else model
     meter, stopper = LossMeter(device), Stopper(100, None, None, 1, device)
-    images, labels = data.images.to(device), data.labels.to(device)
-    perm = torch.randperm(len(images)).to(device)
+    images, labels = data.images.to(device), data.labels.to(device)  # 32 images: 2 steps an epoch
 
-    def step(i):
-        idx = perm[16 * (i % 2):16 * (i % 2 + 1)]
-        draws = state.draws()
-        x0 = augment_batch(to_model(images[idx]), "flip_rot90", draws.uniform(DRAWS["flip_rot90"]))
-        meter.add(*state.train_step(fwd, obj, x0, labels[idx] if args.cond else None, draws))
-        stopper.check(state.step, meter.nonfinite, log_step=False)
-        state.progress = obj.progress = stopper.progress
+    def epoch(e):
+        perm = epoch_order(0, e, len(images), device)
+        for b in range(2):
+            idx = perm[16 * b:16 * (b + 1)]
+            draws = state.draws()
+            x0 = augment_batch(to_model(images[idx]), "crop_flip", draws.uniform(DRAWS["crop_flip"]))
+            meter.add(*state.train_step(fwd, obj, x0.contiguous(memory_format=mem), labels[idx] if args.cond else None,
+                                        draws))
+            stopper.check(state.step, meter.nonfinite, log_step=False)
+            state.progress = obj.progress = stopper.progress
 
-    for i in range(3):  # warm-up: compilation, the optimiser's state, the schedule's tables on the device
-        step(i)
+    epoch(0)  # warm-up: compilation, the optimiser's state, the schedule's tables on the device
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for i in range(4):
-            step(i)
+        epoch(1)
+        epoch(2)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert int(state.ema.n_averaged) == 7
+    assert int(state.ema.n_averaged) == 6

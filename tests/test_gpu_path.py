@@ -139,3 +139,5 @@ def test_ranks_draw_their_own_slices_of_what_one_process_draws():
     assert not torch.equal(whole[2][0], whole[2][1])  # each sample its own noise
     later = StepDraws(torch.Generator().manual_seed(5), torch.Generator(), 5, 8, 6).normal((6, 3, 8, 8))
     assert not torch.equal(later, whole[2])  # and each step
+    twice = StepDraws(torch.Generator().manual_seed(5), torch.Generator(), 5, 7, 6)
+    assert not torch.equal(twice.normal((6, 3, 8, 8)), twice.normal((6, 3, 8, 8)))  # a second noise is not the first
