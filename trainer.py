@@ -63,7 +63,7 @@ def _step(run, meter, fwd, objective, x0, y, draws, eager_fallback):
     if not eager_fallback:
         meter.add(*state.train_step(fwd, objective, x0, y, draws))
         return fwd
-    rng = state.gen.get_state()
+    rng, calls = state.gen.get_state(), draws.calls
     try:
         meter.add(*state.train_step(fwd, objective, x0, y, draws))
         return fwd
@@ -71,6 +71,7 @@ def _step(run, meter, fwd, objective, x0, y, draws, eager_fallback):
         run.log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); training without it "
                 f"(--no-compile skips the attempt)")
         state.gen.set_state(rng)
+        draws.calls = calls
         meter.add(*state.train_step(run.net, objective, x0, y, draws))
         return run.net
 
