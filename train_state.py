@@ -47,7 +47,7 @@ def seed_of(*parts):
 class StepDraws:
     """One training step's random draws for this rank's `part` of a global batch of b. Per-sample numbers (noise
     levels, flips, label drops) are drawn for the whole global batch from `gen` and sliced: a few numbers. Image-sized
-    noise is drawn for this rank's samples only, sample j's from `noise_gen` seeded by (seed, step, j). Either way K
+    noise is drawn for this rank's samples only, sample j's from `noise_gen` seeded by (seed, step, call, j). Either way K
     ranks draw what one process with the same global batch would, and a resumed run what the uninterrupted one did."""
 
     def __init__(self, gen, noise_gen, seed, step, b, part=slice(None)):
